@@ -1,0 +1,133 @@
+//! Wires the stages together, owns their tasks, and runs the drain in the order of design.md §2.6.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::amqp::Publisher;
+use crate::config::Settings;
+use crate::persist::Persister;
+use crate::receive::{self, ReceiveState};
+use crate::verify::cipher::KeyError;
+use crate::verify::replay::ReplayCache;
+use crate::verify::{Apps, Verifier};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("an app's EncodingAESKey is unusable: {0}")]
+    Key(#[from] KeyError),
+    #[error("HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("a relay task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A running relay. Cancel its shutdown token (or call [`Relay::shutdown`]) to drain and stop it.
+pub struct Relay {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), RelayError>>,
+}
+
+impl Relay {
+    /// Starts the relay on an already bound listener (tests bind port 0).
+    pub fn start(settings: Settings, listener: TcpListener) -> Result<Relay, RelayError> {
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let (publisher, publisher_task) = Publisher::spawn(
+            settings.amqp.clone(),
+            format!("weiling-relay publisher {addr}"),
+            abort.clone(),
+        );
+        let draining = CancellationToken::new();
+        let state = web::Data::new(ReceiveState {
+            verifier: Verifier::new(
+                Apps::from_settings(&settings.apps)?,
+                settings.security.timestamp_tolerance_s,
+            ),
+            replay: ReplayCache::new(
+                Duration::from_secs(settings.security.replay_window_s),
+                settings.security.replay_cache_capacity,
+            ),
+            persister: Persister::new(publisher, &settings.amqp),
+            in_flight: Arc::new(Semaphore::new(settings.server.max_in_flight)),
+            answer_budget: Duration::from_millis(settings.server.answer_budget_ms),
+            retry_after_s: settings.server.retry_after_s,
+            draining: draining.clone(),
+        });
+        let drain_deadline = Duration::from_millis(settings.server.drain_deadline_ms);
+        let max_body = settings.server.max_body_bytes;
+        let workers = match settings.server.workers {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
+        let server = {
+            let state = state.clone();
+            HttpServer::new(move || App::new().configure(receive::routes(state.clone(), max_body)))
+                .workers(workers)
+                .disable_signals()
+                .shutdown_timeout(drain_deadline.as_secs().max(1))
+                .listen(listener)?
+                .run()
+        };
+        let server_handle = server.handle();
+        let server_task = tokio::spawn(server);
+        info!(%addr, workers, "relay listening");
+
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                info!("drain started: readiness off, new callbacks answered 503");
+                draining.cancel();
+                drop(state);
+                // Waits for callbacks in flight (each bounded by the answer budget) to get their answer.
+                server_handle.stop(true).await;
+                server_task.await??;
+                // The publisher ends once every handle is gone and its confirms are settled.
+                if tokio::time::timeout(drain_deadline, publisher_task)
+                    .await
+                    .is_err()
+                {
+                    warn!(
+                        "drain deadline passed with confirms outstanding; closing the broker link"
+                    );
+                    abort.cancel();
+                }
+                info!("drain finished");
+                Ok(())
+            }
+        });
+        Ok(Relay {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Drains and waits until the relay has stopped.
+    pub async fn shutdown(self) -> Result<(), RelayError> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+
+    /// Waits until the relay stops (after its shutdown token was cancelled).
+    pub async fn wait(self) -> Result<(), RelayError> {
+        self.task.await?
+    }
+}

@@ -1,0 +1,634 @@
+//! Typed settings: built-in defaults → `--config FILE` → `WEILING_RELAY__…` env → single-app env shortcut.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::verify::cipher::AesKey;
+
+/// The documented defaults; compiled in so a relay started without a file still has every key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+const ENV_PREFIX: &str = "WEILING_RELAY";
+const MASK: &str = "********";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub amqp: AmqpSettings,
+    pub window: WindowSettings,
+    pub weiling: WeilingSettings,
+    pub security: SecuritySettings,
+    #[serde(default)]
+    pub apps: Vec<AppSettings>,
+    #[serde(default)]
+    pub events: BTreeMap<String, EventMapping>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub max_in_flight: usize,
+    pub answer_budget_ms: u64,
+    pub retry_after_s: u64,
+    pub workers: usize,
+    pub drain_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    #[serde(serialize_with = "serialize_masked_url")]
+    pub url: SecretString,
+    pub inbox_queue: String,
+    pub inbox_queue_type: QueueType,
+    pub inbox_partitions: u16,
+    pub dead_letter_queue: String,
+    pub customers_exchange: String,
+    pub events_exchange: String,
+    pub unrouted_exchange: String,
+    pub prefetch: u16,
+    pub connect_timeout_ms: u64,
+    pub heartbeat_s: u16,
+    pub reconnect_max_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSettings {
+    pub max_ids: usize,
+    pub quiet_ms: u64,
+    pub max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeilingSettings {
+    pub base_url: String,
+    pub request_timeout_ms: u64,
+    pub rate_limit_per_minute: u32,
+    pub max_retries: u32,
+    pub auth_error_codes: Vec<i64>,
+    pub rate_limit_codes: Vec<i64>,
+    pub token_refresh_margin_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    pub timestamp_tolerance_s: u64,
+    pub replay_window_s: u64,
+    pub replay_cache_capacity: u64,
+    #[serde(serialize_with = "serialize_masked")]
+    pub sign_records_key: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    pub app_id: String,
+    #[serde(serialize_with = "serialize_masked")]
+    pub app_secret: SecretString,
+    #[serde(serialize_with = "serialize_masked")]
+    pub token: SecretString,
+    #[serde(serialize_with = "serialize_masked")]
+    pub encoding_aes_key: SecretString,
+    #[serde(default = "default_true")]
+    pub check_receive_id: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where an event type carries customer ids: a plain list of JSON pointers, or pointers guarded by
+/// a condition (`{ ids = [...], when = { "/type" = 1 } }`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum EventMapping {
+    Pointers(Vec<String>),
+    Conditional {
+        ids: Vec<String>,
+        #[serde(default)]
+        when: BTreeMap<String, serde_json::Value>,
+    },
+}
+
+impl EventMapping {
+    pub fn pointers(&self) -> &[String] {
+        match self {
+            Self::Pointers(ids) | Self::Conditional { ids, .. } => ids,
+        }
+    }
+}
+
+fn serialize_masked<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    if secret.expose_secret().is_empty() {
+        s.serialize_str("")
+    } else {
+        s.serialize_str(MASK)
+    }
+}
+
+fn serialize_masked_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_url_password(url.expose_secret()))
+}
+
+/// `amqp://user:pass@host/vhost` → `amqp://user:********@host/vhost`, so URLs can be printed and logged.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:{MASK}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl Settings {
+    /// Loads and validates the settings. `env` is the process environment in production and a map in
+    /// tests, so tests never mutate global state.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let mut prefixed: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Lists of codes are comma separated in the environment; parsed here so that every other
+        // value can stay a string ("000123" must not become 123).
+        for (var, key) in LIST_ENV_KEYS {
+            if let Some(raw) = prefixed.remove(var) {
+                builder = builder.set_override(key, parse_code_list(var, &raw)?)?;
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(false)
+                .source(Some(prefixed)),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.apply_single_app_shortcut(env)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn apply_single_app_shortcut(
+        &mut self,
+        env: &HashMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        let Some(app_id) = env.get("WEILING_RELAY_APP_ID") else {
+            return Ok(());
+        };
+        let required = |name: &str| -> Result<SecretString, ConfigError> {
+            env.get(name)
+                .map(|v| SecretString::from(v.clone()))
+                .ok_or_else(|| {
+                    ConfigError::invalid(name, "must be set when WEILING_RELAY_APP_ID is set")
+                })
+        };
+        self.apps = vec![AppSettings {
+            app_id: app_id.clone(),
+            app_secret: required("WEILING_RELAY_APP_SECRET")?,
+            token: required("WEILING_RELAY_TOKEN")?,
+            encoding_aes_key: required("WEILING_RELAY_ENCODING_AES_KEY")?,
+            check_receive_id: true,
+        }];
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        s.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid("server.listen", "must be an address like 0.0.0.0:8080")
+        })?;
+        positive("server.max_body_bytes", s.max_body_bytes as u64)?;
+        positive("server.max_in_flight", s.max_in_flight as u64)?;
+        positive("server.answer_budget_ms", s.answer_budget_ms)?;
+        positive("server.drain_deadline_ms", s.drain_deadline_ms)?;
+
+        let a = &self.amqp;
+        let url = a.url.expose_secret();
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError::invalid(
+                "amqp.url",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        for (key, name) in [
+            ("amqp.inbox_queue", &a.inbox_queue),
+            ("amqp.dead_letter_queue", &a.dead_letter_queue),
+            ("amqp.customers_exchange", &a.customers_exchange),
+            ("amqp.events_exchange", &a.events_exchange),
+            ("amqp.unrouted_exchange", &a.unrouted_exchange),
+        ] {
+            if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be 1–200 bytes and not start with the reserved prefix amq.",
+                ));
+            }
+        }
+        positive("amqp.inbox_partitions", u64::from(a.inbox_partitions))?;
+        positive("amqp.connect_timeout_ms", a.connect_timeout_ms)?;
+        positive("amqp.reconnect_max_delay_ms", a.reconnect_max_delay_ms)?;
+        if usize::from(a.prefetch) <= self.window.max_ids {
+            return Err(ConfigError::invalid(
+                "amqp.prefetch",
+                "must be larger than window.max_ids, or a window could never fill",
+            ));
+        }
+
+        let w = &self.window;
+        if w.max_ids == 0 || w.max_ids > 100 {
+            return Err(ConfigError::invalid(
+                "window.max_ids",
+                "must be 1–100 (Weiling's batch cap)",
+            ));
+        }
+        positive("window.max_wait_ms", w.max_wait_ms)?;
+
+        let wl = &self.weiling;
+        if !(wl.base_url.starts_with("http://") || wl.base_url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "weiling.base_url",
+                "must be an http(s) URL",
+            ));
+        }
+        positive("weiling.request_timeout_ms", wl.request_timeout_ms)?;
+        positive(
+            "weiling.rate_limit_per_minute",
+            u64::from(wl.rate_limit_per_minute),
+        )?;
+
+        let sec = &self.security;
+        positive("security.timestamp_tolerance_s", sec.timestamp_tolerance_s)?;
+        // A timestamp up to `tolerance` in the future stays acceptable for 2 × tolerance of real time,
+        // so the cache must remember it that long or the same callback could be stored twice.
+        if sec.replay_window_s < sec.timestamp_tolerance_s.saturating_mul(2) {
+            return Err(ConfigError::invalid(
+                "security.replay_window_s",
+                "must be at least twice security.timestamp_tolerance_s",
+            ));
+        }
+        positive("security.replay_cache_capacity", sec.replay_cache_capacity)?;
+
+        if self.apps.is_empty() {
+            return Err(ConfigError::invalid(
+                "apps",
+                "needs at least one [[apps]] block (or WEILING_RELAY_APP_ID, _APP_SECRET, _TOKEN, _ENCODING_AES_KEY)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            validate_app(i, app)?;
+            if !seen.insert(app.app_id.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("apps[{i}].app_id"),
+                    "is listed twice",
+                ));
+            }
+        }
+
+        for (event_type, mapping) in &self.events {
+            let key = format!("events.{event_type}");
+            if mapping.pointers().is_empty() {
+                return Err(ConfigError::invalid(key, "needs at least one JSON pointer"));
+            }
+            let conditions = match mapping {
+                EventMapping::Pointers(_) => Vec::new(),
+                EventMapping::Conditional { when, .. } => when.keys().cloned().collect(),
+            };
+            for pointer in mapping.pointers().iter().chain(conditions.iter()) {
+                if !pointer.starts_with('/') {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("`{pointer}` is not a JSON pointer (it must start with /)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML with every secret masked: what `check-config` prints.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not render: {e}\n"))
+    }
+
+    pub fn app(&self, app_id: &str) -> Option<&AppSettings> {
+        self.apps.iter().find(|a| a.app_id == app_id)
+    }
+}
+
+const LIST_ENV_KEYS: [(&str, &str); 2] = [
+    (
+        "WEILING_RELAY__WEILING__AUTH_ERROR_CODES",
+        "weiling.auth_error_codes",
+    ),
+    (
+        "WEILING_RELAY__WEILING__RATE_LIMIT_CODES",
+        "weiling.rate_limit_codes",
+    ),
+];
+
+fn parse_code_list(var: &str, raw: &str) -> Result<Vec<i64>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<i64>()
+                .map_err(|_| ConfigError::invalid(var, format!("`{s}` is not an integer code")))
+        })
+        .collect()
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_app(i: usize, app: &AppSettings) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("apps[{i}].{field}");
+    if app.app_id.is_empty() || app.app_id.len() > 64 || !is_routing_safe(&app.app_id) {
+        return Err(ConfigError::invalid(
+            key("app_id"),
+            "must be 1–64 letters, digits, '-' or '_'",
+        ));
+    }
+    if app.app_secret.expose_secret().is_empty() {
+        return Err(ConfigError::invalid(key("app_secret"), "must not be empty"));
+    }
+    let token = app.token.expose_secret();
+    if !(16..=32).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ConfigError::invalid(
+            key("token"),
+            "must be 16–32 letters or digits",
+        ));
+    }
+    let aes = app.encoding_aes_key.expose_secret();
+    if aes.len() != 43 || !aes.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ConfigError::invalid(
+            key("encoding_aes_key"),
+            "must be exactly 43 letters or digits",
+        ));
+    }
+    AesKey::from_encoding_aes_key(aes)
+        .map_err(|e| ConfigError::invalid(key("encoding_aes_key"), e.to_string()))?;
+    Ok(())
+}
+
+/// App ids and event types become AMQP routing-key words, so they may not contain `.`, `*` or `#`.
+pub fn is_routing_safe(word: &str) -> bool {
+    word.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "Tok3nTok3nTok3nTok3n";
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    fn app_env() -> HashMap<String, String> {
+        HashMap::from([
+            ("WEILING_RELAY_APP_ID".into(), "wloa0123".into()),
+            ("WEILING_RELAY_APP_SECRET".into(), "s3cr3t-app".into()),
+            ("WEILING_RELAY_TOKEN".into(), TOKEN.into()),
+            ("WEILING_RELAY_ENCODING_AES_KEY".into(), AES.into()),
+        ])
+    }
+
+    fn invalid_key(err: ConfigError) -> String {
+        match err {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_load_and_validate_with_one_app() {
+        let s = Settings::load(None, &app_env()).unwrap();
+        assert_eq!(s.server.listen, "0.0.0.0:8080");
+        assert_eq!(s.server.answer_budget_ms, 800);
+        assert_eq!(s.amqp.inbox_queue, "weiling.inbox");
+        assert_eq!(s.amqp.inbox_queue_type, QueueType::Classic);
+        assert_eq!(s.window.max_ids, 100);
+        assert_eq!(s.weiling.auth_error_codes, vec![403, 501, 1007]);
+        assert_eq!(s.apps.len(), 1);
+        assert_eq!(
+            s.events.get("progress_add"),
+            Some(&EventMapping::Conditional {
+                ids: vec!["/business_related_id".into()],
+                when: BTreeMap::from([("/type".into(), serde_json::json!(1))]),
+            })
+        );
+    }
+
+    #[test]
+    fn defaults_without_an_app_name_the_missing_key() {
+        let err = Settings::load(None, &HashMap::new()).unwrap_err();
+        assert_eq!(invalid_key(err), "apps");
+    }
+
+    #[test]
+    fn env_overrides_file_values_and_keeps_strings_as_strings() {
+        let mut env = app_env();
+        env.insert(
+            "WEILING_RELAY__SERVER__ANSWER_BUDGET_MS".into(),
+            "650".into(),
+        );
+        env.insert("WEILING_RELAY__AMQP__INBOX_QUEUE".into(), "000123".into());
+        env.insert(
+            "WEILING_RELAY__AMQP__INBOX_QUEUE_TYPE".into(),
+            "quorum".into(),
+        );
+        env.insert(
+            "WEILING_RELAY__WEILING__RATE_LIMIT_CODES".into(),
+            "1015,42".into(),
+        );
+        let s = Settings::load(None, &env).unwrap();
+        assert_eq!(s.server.answer_budget_ms, 650);
+        assert_eq!(s.amqp.inbox_queue, "000123");
+        assert_eq!(s.amqp.inbox_queue_type, QueueType::Quorum);
+        assert_eq!(s.weiling.rate_limit_codes, vec![1015, 42]);
+    }
+
+    #[test]
+    fn a_file_layer_sits_between_defaults_and_env() {
+        let dir = std::env::temp_dir().join(format!("wr-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("relay.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[server]\nmax_in_flight = 7\n[window]\nquiet_ms = 50\n\n[[apps]]\napp_id = \"wloaA\"\napp_secret = \"x\"\ntoken = \"{TOKEN}\"\nencoding_aes_key = \"{AES}\"\n"
+            ),
+        )
+        .unwrap();
+        let env = HashMap::from([("WEILING_RELAY__WINDOW__QUIET_MS".into(), "75".into())]);
+        let s = Settings::load(Some(&file), &env).unwrap();
+        assert_eq!(s.server.max_in_flight, 7);
+        assert_eq!(s.window.quiet_ms, 75);
+        assert_eq!(s.apps[0].app_id, "wloaA");
+        assert_eq!(
+            s.server.max_body_bytes, 65536,
+            "untouched keys keep their default"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("WEILING_RELAY__SERVER__LISTEN", "nowhere", "server.listen"),
+            (
+                "WEILING_RELAY__SERVER__MAX_IN_FLIGHT",
+                "0",
+                "server.max_in_flight",
+            ),
+            ("WEILING_RELAY__WINDOW__MAX_IDS", "101", "window.max_ids"),
+            ("WEILING_RELAY__AMQP__URL", "http://x", "amqp.url"),
+            ("WEILING_RELAY__AMQP__PREFETCH", "50", "amqp.prefetch"),
+            (
+                "WEILING_RELAY__SECURITY__REPLAY_WINDOW_S",
+                "10",
+                "security.replay_window_s",
+            ),
+            ("WEILING_RELAY_TOKEN", "short", "apps[0].token"),
+            (
+                "WEILING_RELAY_ENCODING_AES_KEY",
+                "tooshort",
+                "apps[0].encoding_aes_key",
+            ),
+            ("WEILING_RELAY_APP_ID", "has.dot", "apps[0].app_id"),
+        ];
+        for (var, value, key) in cases {
+            let mut env = app_env();
+            env.insert(var.into(), value.into());
+            let err = Settings::load(None, &env).unwrap_err();
+            assert_eq!(invalid_key(err), key, "{var}={value}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_refused_with_the_key() {
+        let mut env = app_env();
+        env.insert(
+            "WEILING_RELAY__SERVER__ANSWER_BUDGET_MS".into(),
+            "soon".into(),
+        );
+        let msg = Settings::load(None, &env).unwrap_err().to_string();
+        assert!(msg.contains("answer_budget_ms"), "{msg}");
+
+        let mut env = app_env();
+        env.insert("WEILING_RELAY__SERVER__LISTN".into(), "0.0.0.0:1".into());
+        let msg = Settings::load(None, &env).unwrap_err().to_string();
+        assert!(msg.contains("listn"), "{msg}");
+    }
+
+    #[test]
+    fn shortcut_requires_all_four_variables() {
+        let mut env = app_env();
+        env.remove("WEILING_RELAY_TOKEN");
+        let err = Settings::load(None, &env).unwrap_err();
+        assert_eq!(invalid_key(err), "WEILING_RELAY_TOKEN");
+    }
+
+    #[test]
+    fn masked_output_contains_no_secret() {
+        let mut env = app_env();
+        env.insert(
+            "WEILING_RELAY__AMQP__URL".into(),
+            "amqp://relay:hunter2pw@broker:5672/%2f".into(),
+        );
+        env.insert(
+            "WEILING_RELAY__SECURITY__SIGN_RECORDS_KEY".into(),
+            "rec0rdk3y".into(),
+        );
+        let s = Settings::load(None, &env).unwrap();
+        let out = s.to_masked_toml();
+        for secret in ["s3cr3t-app", TOKEN, AES, "hunter2pw", "rec0rdk3y"] {
+            assert!(
+                !out.contains(secret),
+                "secret leaked into check-config output"
+            );
+        }
+        assert!(out.contains("amqp://relay:********@broker:5672/%2f"));
+        assert!(out.contains("wloa0123"));
+        let debug = format!("{s:?}");
+        for secret in ["s3cr3t-app", TOKEN, AES, "rec0rdk3y", "hunter2pw"] {
+            assert!(!debug.contains(secret), "secret leaked into Debug output");
+        }
+    }
+
+    #[test]
+    fn url_masking_handles_every_shape() {
+        assert_eq!(mask_url_password("amqp://h:5672/%2f"), "amqp://h:5672/%2f");
+        assert_eq!(mask_url_password("amqp://u:p@h"), "amqp://u:********@h");
+        assert_eq!(mask_url_password("amqp://u@h/v"), "amqp://u:********@h/v");
+        assert_eq!(mask_url_password("garbage"), "garbage");
+    }
+}

@@ -1,0 +1,57 @@
+//! The dead-letter message: what could not be read, why, and everything needed to replay it.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use sha2::{Digest, Sha256};
+
+use super::inbox::PERSISTENT;
+use crate::amqp::Outgoing;
+use crate::verify::{AuthenticUndecodable, DeadLetterReason};
+
+/// Published through the default exchange straight to the dead-letter queue. The query parameters
+/// travel as headers so a replay can verify the signature again.
+pub fn message(dead_letter_queue: &str, letter: &AuthenticUndecodable) -> Outgoing {
+    let query = letter.query();
+    let mut headers = FieldTable::default();
+    let mut text = |name: &str, value: &str| {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    };
+    text("x-reason", letter.reason().as_str());
+    text("x-detail", letter.detail());
+    text("app_id", letter.app_id());
+    text("msg_signature", &query.msg_signature);
+    text("timestamp", &query.timestamp);
+    text("nonce", &query.nonce);
+    headers.insert(
+        "received_at".into(),
+        AMQPValue::LongLongInt(i64::try_from(letter.received_at_ms()).unwrap_or(i64::MAX)),
+    );
+    let content_type = match letter.reason() {
+        // The envelope is JSON; the decrypted text of a json failure is, by definition, not.
+        DeadLetterReason::Decrypt | DeadLetterReason::ReceiveId => "application/json",
+        DeadLetterReason::Json => "application/octet-stream",
+    };
+    let message_id = hex::encode(
+        Sha256::new()
+            .chain_update(letter.reason().as_str())
+            .chain_update([0u8])
+            .chain_update(query.msg_signature.as_bytes())
+            .chain_update([0u8])
+            .chain_update(letter.body())
+            .finalize(),
+    );
+    let properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(content_type.into())
+        .with_type(format!("dead.{}", letter.reason().as_str()).as_str().into())
+        .with_message_id(message_id.as_str().into())
+        .with_timestamp(letter.received_at_ms() / 1000)
+        .with_headers(headers);
+    Outgoing {
+        exchange: String::new(),
+        routing_key: dead_letter_queue.to_owned(),
+        body: letter.body().to_vec(),
+        properties,
+        mandatory: true,
+    }
+}

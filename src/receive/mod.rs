@@ -1,0 +1,70 @@
+//! Stage 1: the HTTP edge. Routes, shared handler state, and the admission limits.
+
+pub mod answer;
+pub mod callback;
+pub mod health;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::persist::Persister;
+use crate::verify::Verifier;
+use crate::verify::replay::ReplayCache;
+
+/// Everything a callback handler needs; shared by all HTTP workers.
+pub struct ReceiveState {
+    pub verifier: Verifier,
+    pub replay: ReplayCache,
+    pub persister: Persister,
+    /// `max_in_flight` permits: a callback that finds none is answered 429 at once.
+    pub in_flight: Arc<Semaphore>,
+    pub answer_budget: Duration,
+    pub retry_after_s: u64,
+    /// Cancelled when the drain starts: readiness goes false and new callbacks get 503.
+    pub draining: CancellationToken,
+}
+
+/// Registers the routes on an actix `App`.
+pub fn routes(
+    state: web::Data<ReceiveState>,
+    max_body_bytes: usize,
+) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        // Bodies over the limit are refused with 413, by Content-Length before reading, or as soon as
+        // a chunked body passes it.
+        let payload = web::PayloadConfig::new(max_body_bytes);
+        cfg.app_data(state)
+            .app_data(payload)
+            .service(
+                web::resource("/weiling/callback")
+                    .route(web::post().to(post_callback))
+                    .route(web::get().to(get_callback)),
+            )
+            .service(
+                web::resource("/weiling/callback/{app_id}")
+                    .route(web::post().to(callback::post))
+                    .route(web::get().to(callback::get)),
+            )
+            .route("/healthz", web::get().to(health::healthz))
+            .route("/readyz", web::get().to(health::readyz));
+    }
+}
+
+async fn post_callback(
+    request: actix_web::HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ReceiveState>,
+) -> Result<HttpResponse, answer::CallbackError> {
+    callback::post(request, body, None, state).await
+}
+
+async fn get_callback(
+    request: actix_web::HttpRequest,
+    state: web::Data<ReceiveState>,
+) -> Result<HttpResponse, answer::CallbackError> {
+    callback::get(request, None, state).await
+}

@@ -1,0 +1,328 @@
+//! Stage 2: proves a callback is authentic (signature) and reads it (AES), before anything is stored.
+//!
+//! The only ways out are a [`VerifiedEvent`] (which `persist` stores in the inbox), an
+//! [`AuthenticUndecodable`] (which can only go to the dead-letter queue), or a [`Rejection`].
+
+pub mod apps;
+pub mod cipher;
+pub mod query;
+pub mod replay;
+pub mod seal;
+pub mod signature;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+pub use apps::{AppKeys, Apps};
+pub use query::CallbackQuery;
+
+/// Why a request is refused before anything is stored. The HTTP edge maps these to 400 and 401 with
+/// a generic body, so a caller never learns which check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("not authentic: {0}")]
+    Unauthorized(&'static str),
+}
+
+impl Rejection {
+    /// A bounded label for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::BadRequest(r) | Self::Unauthorized(r) => r,
+        }
+    }
+}
+
+/// Why an authentic callback could not be turned into an event (the dead-letter `x-reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    Decrypt,
+    ReceiveId,
+    Json,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decrypt => "decrypt",
+            Self::ReceiveId => "receive_id",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// The POST body Weiling sends.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    to_app: String,
+    encrypt_msg: String,
+}
+
+/// A callback whose signature verified, whose plaintext decrypted with the app's key, whose
+/// receive_id matched, and whose JSON has a usable header. Only this module can build one.
+#[derive(Debug)]
+pub struct VerifiedEvent {
+    app_id: String,
+    event_type: String,
+    body: Vec<u8>,
+    received_at_ms: u64,
+    message_id: String,
+}
+
+impl VerifiedEvent {
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    /// The decrypted event JSON exactly as Weiling sent it.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+    pub fn received_at_ms(&self) -> u64 {
+        self.received_at_ms
+    }
+    /// Hex SHA-256 of app id and body: a sender's retry of the same event carries the same id, so
+    /// consumers of raw events can deduplicate.
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+}
+
+/// An authentic callback (its signature verified) that could not be decrypted or parsed. It goes to
+/// the dead-letter queue, never away: after a key or mapping fix it can be replayed.
+#[derive(Debug)]
+pub struct AuthenticUndecodable {
+    app_id: String,
+    reason: DeadLetterReason,
+    detail: &'static str,
+    body: Vec<u8>,
+    query: CallbackQuery,
+    received_at_ms: u64,
+}
+
+impl AuthenticUndecodable {
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+    pub fn reason(&self) -> DeadLetterReason {
+        self.reason
+    }
+    /// A fixed description of the failed check; never contains payload bytes.
+    pub fn detail(&self) -> &'static str {
+        self.detail
+    }
+    /// The ciphertext envelope (decrypt, receive_id) or the decrypted text (json).
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+    pub fn query(&self) -> &CallbackQuery {
+        &self.query
+    }
+    pub fn received_at_ms(&self) -> u64 {
+        self.received_at_ms
+    }
+}
+
+/// A POST callback after verification.
+#[derive(Debug)]
+pub enum Verified {
+    Event(VerifiedEvent),
+    Undecodable(AuthenticUndecodable),
+}
+
+impl Verified {
+    pub fn app_id(&self) -> &str {
+        match self {
+            Self::Event(e) => e.app_id(),
+            Self::Undecodable(u) => u.app_id(),
+        }
+    }
+}
+
+/// Checks callbacks against the configured apps. Pure apart from the clock, which is passed in.
+pub struct Verifier {
+    apps: Apps,
+    timestamp_tolerance_s: u64,
+}
+
+impl Verifier {
+    pub fn new(apps: Apps, timestamp_tolerance_s: u64) -> Self {
+        Self {
+            apps,
+            timestamp_tolerance_s,
+        }
+    }
+
+    pub fn apps(&self) -> &Apps {
+        &self.apps
+    }
+
+    /// Verifies a POST callback. `path_app` is the `{app_id}` of `/weiling/callback/{app_id}`.
+    pub fn verify_post(
+        &self,
+        query: &CallbackQuery,
+        body: &[u8],
+        path_app: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Verified, Rejection> {
+        let envelope: Envelope = serde_json::from_slice(body)
+            .map_err(|_| Rejection::BadRequest("body is not the {to_app, encrypt_msg} envelope"))?;
+        if path_app.is_some_and(|p| p != envelope.to_app) {
+            return Err(Rejection::Unauthorized("path app differs from to_app"));
+        }
+        self.check_timestamp(&query.timestamp, now)?;
+        let app = self
+            .apps
+            .get(&envelope.to_app)
+            .ok_or(Rejection::Unauthorized("unknown app"))?;
+        if !app.signature_matches(query, &envelope.encrypt_msg) {
+            return Err(Rejection::Unauthorized("bad signature"));
+        }
+        let received_at_ms = unix_ms(now);
+        let undecodable = |reason, detail, body: Vec<u8>| {
+            Verified::Undecodable(AuthenticUndecodable {
+                app_id: app.app_id().to_owned(),
+                reason,
+                detail,
+                body,
+                query: query.clone(),
+                received_at_ms,
+            })
+        };
+        let plain = match app.decrypt(&envelope.encrypt_msg) {
+            Ok(plain) => plain,
+            Err(error) => {
+                return Ok(undecodable(
+                    DeadLetterReason::Decrypt,
+                    error.label(),
+                    body.to_vec(),
+                ));
+            }
+        };
+        if app.check_receive_id() && plain.receive_id != app.app_id().as_bytes() {
+            return Ok(undecodable(
+                DeadLetterReason::ReceiveId,
+                "receive_id differs from the app id",
+                body.to_vec(),
+            ));
+        }
+        match event_type_of(&plain.message) {
+            Ok(event_type) => {
+                let message_id = hex::encode(
+                    Sha256::new()
+                        .chain_update(app.app_id().as_bytes())
+                        .chain_update([0u8])
+                        .chain_update(&plain.message)
+                        .finalize(),
+                );
+                Ok(Verified::Event(VerifiedEvent {
+                    app_id: app.app_id().to_owned(),
+                    event_type,
+                    body: plain.message,
+                    received_at_ms,
+                    message_id,
+                }))
+            }
+            Err(detail) => Ok(undecodable(DeadLetterReason::Json, detail, plain.message)),
+        }
+    }
+
+    /// Verifies the GET URL check and returns the decrypted `echostr` to send back.
+    pub fn verify_get(
+        &self,
+        query: &CallbackQuery,
+        path_app: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, Rejection> {
+        let echostr = query
+            .echostr
+            .as_deref()
+            .ok_or(Rejection::BadRequest("missing echostr"))?;
+        self.check_timestamp(&query.timestamp, now)?;
+        let app = self
+            .apps
+            .iter()
+            .filter(|a| path_app.is_none_or(|p| p == a.app_id()))
+            .find(|a| a.signature_matches(query, echostr))
+            .ok_or(Rejection::Unauthorized("bad signature"))?;
+        let plain = app
+            .decrypt(echostr)
+            .map_err(|_| Rejection::Unauthorized("echostr does not decrypt"))?;
+        if app.check_receive_id() && plain.receive_id != app.app_id().as_bytes() {
+            return Err(Rejection::Unauthorized("echostr receive_id differs"));
+        }
+        Ok(plain.message)
+    }
+
+    /// Both directions are bounded: a timestamp far in the future is as suspicious as an old one.
+    fn check_timestamp(&self, timestamp: &str, now: SystemTime) -> Result<(), Rejection> {
+        let sent = parse_timestamp_s(timestamp)
+            .ok_or(Rejection::BadRequest("timestamp is not a number"))?;
+        let now_s = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        if now_s.abs_diff(sent) > self.timestamp_tolerance_s {
+            return Err(Rejection::Unauthorized("timestamp outside tolerance"));
+        }
+        Ok(())
+    }
+}
+
+/// Seconds since the epoch; 13-digit values are taken as milliseconds, because Weiling's unit for the
+/// query timestamp is not documented and its event timestamps are milliseconds.
+fn parse_timestamp_s(timestamp: &str) -> Option<u64> {
+    if timestamp.is_empty()
+        || timestamp.len() > 13
+        || !timestamp.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let value: u64 = timestamp.parse().ok()?;
+    Some(if timestamp.len() >= 13 {
+        value / 1000
+    } else {
+        value
+    })
+}
+
+/// The event type from `header.event_type`, which must be a routing-key-safe word, since it becomes
+/// part of `event.<app_id>.<event_type>`.
+fn event_type_of(message: &[u8]) -> Result<String, &'static str> {
+    #[derive(Deserialize)]
+    struct Header {
+        event_type: String,
+    }
+    #[derive(Deserialize)]
+    struct Shape {
+        header: Header,
+    }
+    let shape: Shape =
+        serde_json::from_slice(message).map_err(|_| "not JSON with a header.event_type string")?;
+    let event_type = shape.header.event_type;
+    if event_type.is_empty()
+        || event_type.len() > 100
+        || !crate::config::is_routing_safe(&event_type)
+    {
+        return Err("header.event_type is not a word of letters, digits, '-' or '_'");
+    }
+    Ok(event_type)
+}
+
+pub fn unix_ms(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
