@@ -1,3 +1,9 @@
 //! The single integration test binary: every test talks to the real local RabbitMQ.
 
+// Test support code panics on purpose: a failed setup step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod broker_faults;
+mod helpers;
+mod receive;
 mod support;

@@ -1,0 +1,240 @@
+//! Broker faults at the edge: down, blocked, nack, unroutable, reset and stalled links. Every one
+//! must end in 503 + Retry-After inside the answer budget (never `success` without a confirm), and
+//! the relay must recover without a restart. Tests that stop or alarm the broker use a private node.
+
+use std::time::Duration;
+
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+
+use crate::helpers::*;
+use crate::support::private_broker::PrivateBroker;
+use crate::support::proxy::{ChaosProxy, Mode};
+
+const BUDGET_MS: u64 = 800;
+
+fn assert_unavailable(answer: &Answer, what: &str) {
+    assert_eq!(answer.status, 503, "{what}: {}", answer.body);
+    assert_eq!(
+        answer.retry_after.as_deref(),
+        Some("2"),
+        "{what}: Retry-After"
+    );
+    assert!(
+        answer.elapsed < Duration::from_millis(BUDGET_MS + 400),
+        "{what}: answered after {:?}, past the answer budget",
+        answer.elapsed
+    );
+}
+
+async fn wait_status(app: &TestApp, path: &str, status: u16, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while app.get(path).await.status != status {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stop/start of the broker app, a memory alarm, and a nacking queue policy, on one private node.
+#[tokio::test]
+async fn a_stopped_blocked_or_nacking_broker_gets_503_and_the_relay_recovers_without_restart() {
+    let broker = PrivateBroker::start().await;
+    let mut app = spawn_with(Spawn {
+        amqp_url: broker.amqp_url(),
+        inspect_url: broker.amqp_url(),
+        ..Spawn::default()
+    })
+    .await;
+    assert_eq!(app.post(&app.callback("before")).await.status, 200);
+
+    // 1. Broker app stopped.
+    broker.stop_app().await;
+    wait_status(&app, "/readyz", 503, Duration::from_secs(10)).await;
+    let down = app.post(&app.callback("while-down")).await;
+    assert_unavailable(&down, "broker stopped");
+    broker.start_app().await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    let after = app.post(&app.callback("after-restart")).await;
+    assert_eq!(
+        (after.status, after.body.as_str()),
+        (200, "success"),
+        "recovered without a restart"
+    );
+
+    // The inspector's connection died with the app; open a new one to read the durable inbox.
+    app.connection = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    app.channel = app.connection.create_channel().await.unwrap();
+    let stored: Vec<String> = app
+        .take_all(app.inbox())
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(&m.delivery.data).unwrap()["event"]["customer_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        stored,
+        vec!["before", "after-restart"],
+        "what was acknowledged survived; nothing else was stored"
+    );
+
+    // 2. Memory alarm: the broker blocks publishers. RabbitMQ says so (connection.blocked) only when
+    // the connection next publishes, so the first callback waits out its budget; from then on the
+    // relay knows, readiness is off, and callbacks are refused at once.
+    broker.set_memory_alarm(true).await;
+    let first = app.post(&app.callback("first-while-blocked")).await;
+    assert_unavailable(&first, "broker blocked, not yet announced");
+    wait_status(&app, "/readyz", 503, Duration::from_secs(10)).await;
+    assert!(app.get("/readyz").await.body.contains("blocked"));
+    let blocked = app.post(&app.callback("while-blocked")).await;
+    assert_unavailable(&blocked, "broker blocked");
+    assert!(
+        blocked.elapsed < Duration::from_millis(200),
+        "refused at once once blocked: {:?}",
+        blocked.elapsed
+    );
+    broker.set_memory_alarm(false).await;
+    app.wait_ready(Duration::from_secs(15)).await;
+    assert_eq!(app.post(&app.callback("after-alarm")).await.status, 200);
+
+    // 3. The inbox refuses messages: a publisher nack is a 503, never `success`.
+    let policy = format!("nack-{}", app.inbox().replace('.', "-"));
+    broker
+        .rabbitmqctl(&[
+            "set_policy",
+            &policy,
+            &format!("^{}$", app.inbox().replace('.', "\\.")),
+            r#"{"max-length":0,"overflow":"reject-publish"}"#,
+            "--apply-to",
+            "queues",
+        ])
+        .await;
+    let mut nacked = None;
+    for _ in 0..50 {
+        let answer = app.post(&app.callback("while-nacking")).await;
+        if answer.status == 503 {
+            nacked = Some(answer);
+            break;
+        }
+        // The policy takes a moment to apply; until then the callback is stored normally.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_unavailable(
+        &nacked.expect("the nacking policy took effect"),
+        "publish nacked",
+    );
+    broker.rabbitmqctl(&["clear_policy", &policy]).await;
+    let mut accepted = false;
+    for _ in 0..50 {
+        if app.post(&app.callback("after-nack")).await.status == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        accepted,
+        "callbacks are stored again once the broker accepts them"
+    );
+    assert_eq!(app.get("/readyz").await.status, 200);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_deleted_inbox_gets_503_and_the_topology_is_declared_again() {
+    let app = spawn_app().await;
+    app.channel
+        .queue_delete(app.inbox().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let returned = app.post(&app.callback("unroutable")).await;
+    assert_unavailable(&returned, "unroutable inbox publish");
+
+    let mut stored = false;
+    for _ in 0..50 {
+        if app.post(&app.callback("routable-again")).await.status == 200 {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "the relay re-declared its inbox");
+    let messages = app.take_all(app.inbox()).await;
+    assert!(!messages.is_empty());
+    assert!(
+        messages
+            .iter()
+            .all(|m| !String::from_utf8_lossy(&m.delivery.data).contains("\"unroutable\"")),
+        "the refused callback was not stored"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_reset_link_gets_fast_503_and_reconnects() {
+    let proxy = ChaosProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let app = spawn_with(Spawn {
+        amqp_url: format!("amqp://guest:guest@{}/%2f", proxy.addr()),
+        ..Spawn::default()
+    })
+    .await;
+    assert_eq!(app.post(&app.callback("before")).await.status, 200);
+
+    proxy.set_mode(Mode::Reset);
+    wait_status(&app, "/readyz", 503, Duration::from_secs(5)).await;
+    assert_unavailable(&app.post(&app.callback("during-reset")).await, "link reset");
+
+    proxy.set_mode(Mode::Pass);
+    app.wait_ready(Duration::from_secs(15)).await;
+    assert_eq!(app.post(&app.callback("after")).await.status, 200);
+    assert_eq!(app.take_all(app.inbox()).await.len(), 2);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_link_gets_503_at_the_budget_and_extra_callbacks_get_429() {
+    let proxy = ChaosProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let app = spawn_with(
+        Spawn {
+            amqp_url: format!("amqp://guest:guest@{}/%2f", proxy.addr()),
+            ..Spawn::default()
+        }
+        .set("WEILING_RELAY__SERVER__MAX_IN_FLIGHT", 1),
+    )
+    .await;
+    assert_eq!(app.post(&app.callback("before")).await.status, 200);
+
+    proxy.set_mode(Mode::Stall);
+    let first = app.callback("stalled");
+    let second = app.callback("second");
+    let (stalled, extra) = tokio::join!(app.post(&first), async {
+        // Let the first callback take the only in-flight permit.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.post(&second).await
+    });
+    assert_eq!(extra.status, 429, "over max_in_flight");
+    assert_eq!(extra.retry_after.as_deref(), Some("2"));
+    assert_unavailable(&stalled, "confirm never arrives");
+    assert!(
+        stalled.elapsed >= Duration::from_millis(BUDGET_MS - 50),
+        "waited for the budget: {:?}",
+        stalled.elapsed
+    );
+
+    // The stalled connection is abandoned (confirm timeout) and a new one is opened.
+    proxy.set_mode(Mode::Pass);
+    app.wait_ready(Duration::from_secs(40)).await;
+    let mut stored = false;
+    for _ in 0..100 {
+        if app.post(&app.callback("after")).await.status == 200 {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stored, "callbacks are stored again after the stall");
+    app.teardown().await;
+}
