@@ -1,0 +1,1 @@
+//! The Weiling stand-in for tests, the demo, the benchmarks and `weiling-relay sim`.
