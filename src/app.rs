@@ -12,7 +12,11 @@ use tracing::{info, warn};
 
 use crate::amqp::Publisher;
 use crate::config::Settings;
+use crate::enrich::{EnrichError, WeilingClient};
+use crate::extract::Mapping;
+use crate::extract::consumer::{self, Pipeline};
 use crate::persist::Persister;
+use crate::publish::RecordSink;
 use crate::receive::{self, ReceiveState};
 use crate::verify::cipher::KeyError;
 use crate::verify::replay::ReplayCache;
@@ -22,6 +26,8 @@ use crate::verify::{Apps, Verifier};
 pub enum RelayError {
     #[error("an app's EncodingAESKey is unusable: {0}")]
     Key(#[from] KeyError),
+    #[error("Weiling client: {0}")]
+    Enrich(#[from] EnrichError),
     #[error("HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
     #[error("a relay task failed: {0}")]
@@ -47,6 +53,36 @@ impl Relay {
             abort.clone(),
         );
         let draining = CancellationToken::new();
+        let pipeline_stop = CancellationToken::new();
+        let pipeline_task = if settings.amqp.consume_inbox {
+            // Records get their own connection, so a burst of records never delays a callback's confirm.
+            let (records, _records_task) = Publisher::spawn(
+                settings.amqp.clone(),
+                format!("weiling-relay records {addr}"),
+                abort.clone(),
+            );
+            let client =
+                WeilingClient::new(&settings.weiling, &settings.apps, Some(addr.to_string()))?;
+            let pipeline = Pipeline {
+                amqp: settings.amqp.clone(),
+                window: settings.window.clone(),
+                mapping: Mapping::new(&settings.events),
+                sink: RecordSink::new(
+                    client,
+                    records,
+                    &settings.amqp.customers_exchange,
+                    &settings.security.sign_records_key,
+                ),
+                connection_name: format!("weiling-relay inbox {addr}"),
+            };
+            Some(consumer::spawn(
+                std::sync::Arc::new(pipeline),
+                pipeline_stop.clone(),
+                abort.clone(),
+            ))
+        } else {
+            None
+        };
         let state = web::Data::new(ReceiveState {
             verifier: Verifier::new(
                 Apps::from_settings(&settings.apps)?,
@@ -91,6 +127,18 @@ impl Relay {
                 // Waits for callbacks in flight (each bounded by the answer budget) to get their answer.
                 server_handle.stop(true).await;
                 server_task.await??;
+                // Open windows flush, their records are confirmed, their deliveries acked.
+                pipeline_stop.cancel();
+                if let Some(pipeline_task) = pipeline_task
+                    && tokio::time::timeout(drain_deadline, pipeline_task)
+                        .await
+                        .is_err()
+                {
+                    warn!(
+                        "drain deadline passed with windows in flight; their deliveries return to the inbox"
+                    );
+                    abort.cancel();
+                }
                 // The publisher ends once every handle is gone and its confirms are settled.
                 if tokio::time::timeout(drain_deadline, publisher_task)
                     .await

@@ -90,6 +90,7 @@ pub struct AmqpSettings {
     pub connect_timeout_ms: u64,
     pub heartbeat_s: u16,
     pub reconnect_max_delay_ms: u64,
+    pub consume_inbox: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

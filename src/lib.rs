@@ -4,13 +4,17 @@
 //! [`persist`] (confirmed publish to the inbox or the dead-letter queue). [`amqp`] holds the broker
 //! plumbing every stage shares; [`app`] wires the stages and runs the drain.
 
+pub mod ack;
 pub mod amqp;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod extract;
 pub mod persist;
+pub mod publish;
 pub mod receive;
 pub mod simulator;
 pub mod telemetry;
 pub mod verify;
+pub mod window;

@@ -1,1 +1,210 @@
 //! The Weiling stand-in for tests, the demo, the benchmarks and `weiling-relay sim`.
+//!
+//! [`Simulator`] serves the two OpenAPI endpoints the relay calls (token and `customer/batch`), behaving
+//! as the "what a simulator should assume" table of `weiling-api.md` says, with faults switchable at run
+//! time. [`events`] builds decrypted callback events and [`driver::CallbackDriver`] delivers them sealed,
+//! retrying like Weiling's sender.
+//!
+//! Choices the spec leaves open: a method other than GET on the token endpoint (or other than POST on
+//! `customer/batch`) is answered HTTP 200 with code 1010; a missing `app_id`/`app_secret` gives 1001; a
+//! batch body that is not a JSON object gives 1011, one without `customer_ids` 1000 and one whose ids are
+//! not strings 1013; the rate limit is a sliding 60 s window over admitted calls, checked after the token
+//! and before the body; HTTP-level faults (5xx, 429, garbage) come before every other check.
+
+mod api;
+pub mod driver;
+pub mod events;
+pub mod records;
+mod state;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix_web::{App, HttpServer, web};
+use indexmap::IndexMap;
+use serde_json::Value;
+
+pub use api::{BATCH_PATH, NO_ENVELOPE, TOKEN_PATH};
+pub use driver::{CallbackDriver, Delivery, Outcome, RetryPolicy};
+pub use events::{HeaderStyle, SimEvent, event_json, event_json_with};
+pub use records::{RECORD_FIELDS, new_customer_id};
+
+use state::{Customer, Shared};
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub token_ttl: Duration,
+    /// Off by default: weiling-api.md assumes a new token leaves the old one valid until it expires.
+    pub reissue_invalidates_old: bool,
+    /// Per app and endpoint, over a sliding 60 s window.
+    pub rate_limit_per_minute: u32,
+    /// 1015 by default; 1009 is the other candidate in Weiling's conflicting code tables.
+    pub rate_limit_code: i64,
+    pub batch_cap: usize,
+    pub auth_error_code: i64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(7200),
+            reissue_invalidates_old: false,
+            rate_limit_per_minute: 500,
+            rate_limit_code: 1015,
+            batch_cap: 100,
+            auth_error_code: 403,
+        }
+    }
+}
+
+/// One `customer/batch` request as the simulator saw it.
+#[derive(Clone, Debug)]
+pub struct BatchCall {
+    /// The app the token was issued to (also for an expired token); `None` for a missing or unknown token.
+    pub app_id: Option<String>,
+    /// The requested ids in request order; empty when the body did not parse.
+    pub ids: Vec<String>,
+    /// The envelope's `code`, or [`NO_ENVELOPE`] for a 5xx, a 429 or a garbage answer.
+    pub code: i64,
+    pub http_status: u16,
+    pub user_agent: Option<String>,
+    /// When the request arrived (before any injected latency).
+    pub at: SystemTime,
+}
+
+/// A simulated Weiling OpenAPI. Clones share one state, so a test can flip faults while a server runs.
+#[derive(Clone)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+}
+
+impl Simulator {
+    pub fn new(config: SimConfig) -> Simulator {
+        Simulator {
+            shared: Arc::new(Shared::new(config)),
+        }
+    }
+
+    /// The server runs once the returned future is awaited or spawned; `Server::handle().stop(..)` ends it.
+    pub fn serve(&self, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
+        let data = web::Data::from(self.shared.clone());
+        Ok(
+            HttpServer::new(move || App::new().configure(api::routes(data.clone())))
+                .workers(1)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .listen(listener)?
+                .run(),
+        )
+    }
+
+    pub fn add_app(&self, app_id: &str, app_secret: &str) {
+        self.shared
+            .lock()
+            .apps
+            .insert(app_id.to_owned(), app_secret.to_owned());
+    }
+
+    /// Creates the customer with a realistic record; an existing customer is returned unchanged.
+    pub fn create_customer(&self, app_id: &str, customer_id: &str) -> Value {
+        let mut state = self.shared.lock();
+        let customers = state.customers.entry(app_id.to_owned()).or_default();
+        customer_entry(customers, app_id, customer_id)
+            .record
+            .clone()
+    }
+
+    /// Edits the customer (creating it first if unknown) and returns the new record.
+    pub fn change_customer(&self, app_id: &str, customer_id: &str) -> Value {
+        let mut state = self.shared.lock();
+        let customers = state.customers.entry(app_id.to_owned()).or_default();
+        let customer = customer_entry(customers, app_id, customer_id);
+        customer.revision += 1;
+        records::change(&mut customer.record, customer.revision, now_ms());
+        customer.record.clone()
+    }
+
+    pub fn customer(&self, app_id: &str, customer_id: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .customers
+            .get(app_id)
+            .and_then(|c| c.get(customer_id))
+            .map(|c| c.record.clone())
+    }
+
+    /// In creation order.
+    pub fn customers(&self, app_id: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .customers
+            .get(app_id)
+            .map(|c| c.values().map(|c| c.record.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Clamped to 0..=1; each batch call independently gets 500, 502 or 503 with this probability.
+    pub fn set_fault_5xx_ratio(&self, ratio: f64) {
+        let ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        self.shared.lock().faults.ratio_5xx = ratio;
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().faults.latency = latency;
+    }
+
+    pub fn set_http_429_retry_after(&self, seconds: Option<u64>) {
+        self.shared.lock().faults.http_429_retry_after = seconds;
+    }
+
+    pub fn set_token_endpoint_down(&self, down: bool) {
+        self.shared.lock().faults.token_endpoint_down = down;
+    }
+
+    pub fn set_garbage(&self, on: bool) {
+        self.shared.lock().faults.garbage = on;
+    }
+
+    /// Every token issued so far becomes invalid now; tokens fetched afterwards are valid.
+    pub fn expire_tokens(&self) {
+        self.shared.lock().expire_tokens(Instant::now());
+    }
+
+    pub fn set_rate_limit_per_minute(&self, n: u32) {
+        self.shared.lock().config.rate_limit_per_minute = n;
+    }
+
+    pub fn batch_calls(&self) -> Vec<BatchCall> {
+        self.shared.lock().batch_calls.clone()
+    }
+
+    /// Every request to the token endpoint, whatever it was answered.
+    pub fn token_calls(&self) -> usize {
+        self.shared.lock().token_calls
+    }
+}
+
+fn customer_entry<'a>(
+    customers: &'a mut IndexMap<String, Customer>,
+    app_id: &str,
+    customer_id: &str,
+) -> &'a mut Customer {
+    customers
+        .entry(customer_id.to_owned())
+        .or_insert_with(|| Customer {
+            record: records::new_record(app_id, customer_id, now_ms()),
+            revision: 0,
+        })
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(crate::verify::unix_ms(SystemTime::now())).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,5 +5,6 @@
 
 mod broker_faults;
 mod helpers;
+mod pipeline;
 mod receive;
 mod support;

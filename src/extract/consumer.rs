@@ -1,0 +1,370 @@
+//! The inbox consumer and pipeline driver: deliveries → ids → windows (timer-driven flushes) → enrich
+//! and publish → acks. Manual acks only after every named customer is confirmed downstream.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Extracted, Mapping};
+use crate::ack::AckTracker;
+use crate::config::{AmqpSettings, WindowSettings};
+use crate::publish::RecordSink;
+use crate::publish::flush::{self, FlushOutcome};
+use crate::window::{Coalescer, Contribution, DeliveryTag, Flush, Limits};
+
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the pipeline needs; shared by its sessions.
+pub struct Pipeline {
+    pub amqp: AmqpSettings,
+    pub window: WindowSettings,
+    pub mapping: Mapping,
+    pub sink: RecordSink,
+    pub connection_name: String,
+}
+
+/// Starts the supervised consumer. `stop` starts the drain (flush windows, settle, ack, close);
+/// `abort` gives up on whatever is still running.
+pub fn spawn(
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = reconnect_backoff(&pipeline.amqp);
+        while !stop.is_cancelled() {
+            let session = tokio::select! {
+                session = tokio::time::timeout(CONNECT_TIMEOUT, Session::open(&pipeline)) => session,
+                () = stop.cancelled() => break,
+            };
+            match session {
+                Ok(Ok(mut session)) => {
+                    info!(queue = %pipeline.amqp.inbox_queue, "inbox consumer up");
+                    backoff = reconnect_backoff(&pipeline.amqp);
+                    let end = session.run(&pipeline, &stop, &abort).await;
+                    session.close().await;
+                    if let Some(reason) = end {
+                        warn!(reason = %reason, "inbox consumer lost; unacked deliveries return to the queue");
+                    }
+                }
+                Ok(Err(error)) => warn!(error = %error, "inbox consumer could not connect"),
+                Err(_) => warn!("inbox consumer connection attempt timed out"),
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(2));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        info!("inbox consumer stopped");
+    })
+}
+
+fn reconnect_backoff(amqp: &AmqpSettings) -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_millis(amqp.reconnect_max_delay_ms))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    consumer_tag: String,
+}
+
+impl Session {
+    async fn open(pipeline: &Pipeline) -> Result<Session, lapin::Error> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(pipeline.connection_name.as_str().into());
+        let url = pipeline.amqp.url.expose_secret();
+        let connection = Connection::connect(url, properties).await?;
+        let channel = connection.create_channel().await?;
+        crate::amqp::topology::declare(&channel, &pipeline.amqp).await?;
+        // The prefetch exceeds the largest window (validated at start), so a window can always fill.
+        channel
+            .basic_qos(pipeline.amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer_tag = format!("{}-{}", pipeline.connection_name, std::process::id());
+        let consumer = channel
+            .basic_consume(
+                pipeline.amqp.inbox_queue.as_str().into(),
+                consumer_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Session {
+            connection,
+            channel,
+            consumer,
+            consumer_tag,
+        })
+    }
+
+    async fn close(&self) {
+        let _ = tokio::time::timeout(ACK_TIMEOUT, self.connection.close(200, "bye".into())).await;
+    }
+
+    /// Returns `None` after a clean drain, or why the session broke.
+    async fn run(
+        &mut self,
+        pipeline: &Pipeline,
+        stop: &CancellationToken,
+        abort: &CancellationToken,
+    ) -> Option<String> {
+        let Session {
+            channel,
+            consumer,
+            consumer_tag,
+            ..
+        } = self;
+        let mut driver = Driver::new(pipeline, channel, abort);
+        let mut draining = false;
+        loop {
+            if draining && driver.flushes.is_empty() {
+                return None;
+            }
+            let deadline = driver.coalescer.next_deadline();
+            let step = tokio::select! {
+                biased;
+                () = abort.cancelled() => return Some("aborted with work in flight".into()),
+                () = stop.cancelled(), if !draining => {
+                    draining = true;
+                    // No new deliveries; everything already taken is flushed, confirmed and acked.
+                    let _ = tokio::time::timeout(
+                        ACK_TIMEOUT,
+                        channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()),
+                    )
+                    .await;
+                    for flush in driver.coalescer.drain_all() {
+                        driver.start_flush(flush);
+                    }
+                    Ok(())
+                }
+                Some(done) = driver.flushes.join_next(), if !driver.flushes.is_empty() => match done {
+                    Ok(outcome) => driver.on_flush_done(outcome).await,
+                    Err(error) => Err(format!("flush task failed: {error}")),
+                },
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    for flush in driver.coalescer.drain_due(Instant::now()) {
+                        driver.start_flush(flush);
+                    }
+                    Ok(())
+                }
+                next = consumer.next(), if !draining => match next {
+                    Some(Ok(delivery)) => driver.on_delivery(delivery).await,
+                    Some(Err(error)) => Err(format!("consumer error: {error}")),
+                    None => Err("consumer cancelled by the broker".into()),
+                },
+            };
+            if let Err(reason) = step {
+                return Some(reason);
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The state of one consumer session. Delivery tags are only valid on their channel, so all of it
+/// is dropped with the session; unacked deliveries are redelivered to the next one.
+struct Driver<'a> {
+    pipeline: &'a Pipeline,
+    channel: &'a Channel,
+    coalescer: Coalescer,
+    tracker: AckTracker,
+    flushes: JoinSet<FlushOutcome>,
+    /// One flush per app at a time: fetches of one app never overlap, so `fetched_at` orders the states
+    /// of a customer exactly, and Weiling's per-app rate limit is not raced. Later flushes wait here.
+    busy_apps: HashMap<String, VecDeque<Flush>>,
+    abort: &'a CancellationToken,
+}
+
+impl<'a> Driver<'a> {
+    fn new(pipeline: &'a Pipeline, channel: &'a Channel, abort: &'a CancellationToken) -> Self {
+        let w = &pipeline.window;
+        Self {
+            pipeline,
+            channel,
+            coalescer: Coalescer::new(Limits {
+                max_ids: w.max_ids,
+                quiet: Duration::from_millis(w.quiet_ms),
+                max_wait: Duration::from_millis(w.max_wait_ms),
+            }),
+            tracker: AckTracker::default(),
+            flushes: JoinSet::new(),
+            busy_apps: HashMap::new(),
+            abort,
+        }
+    }
+
+    fn start_flush(&mut self, flush: Flush) {
+        if let Some(queued) = self.busy_apps.get_mut(&flush.app_id) {
+            queued.push_back(flush);
+            return;
+        }
+        self.busy_apps.insert(flush.app_id.clone(), VecDeque::new());
+        let sink = self.pipeline.sink.clone();
+        let abort = self.abort.clone();
+        self.flushes
+            .spawn(async move { flush::run(flush, &sink, &abort).await });
+    }
+
+    /// Routes one inbox delivery: no ids → ack now; ids → into the window, acked later.
+    async fn on_delivery(&mut self, delivery: lapin::message::Delivery) -> Result<(), String> {
+        let tag = delivery.delivery_tag;
+        let Some(event) = InboxEvent::parse(&delivery) else {
+            // Only the relay publishes to the inbox, after verification; anything else is parked.
+            warn!(
+                tag,
+                "inbox message without app id or event type; dead-lettering it"
+            );
+            return self.reject(tag, false).await;
+        };
+        match self
+            .pipeline
+            .mapping
+            .extract(&event.event_type, &event.body)
+        {
+            Extracted::Unmapped | Extracted::NoIds => {
+                debug!(app_id = %event.app_id, event_type = %event.event_type, "event names no customer");
+                self.ack(tag).await
+            }
+            Extracted::Ids(ids) => {
+                self.tracker.expect(tag, ids.len());
+                let now = Instant::now();
+                for id in ids {
+                    let contribution = Contribution {
+                        delivery: tag,
+                        event_type: event.event_type.clone(),
+                        received_at_ms: event.received_at_ms,
+                    };
+                    if let Some(full) = self.coalescer.insert(&event.app_id, &id, contribution, now)
+                    {
+                        self.start_flush(full);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_flush_done(&mut self, outcome: FlushOutcome) -> Result<(), String> {
+        if let Some(mut queued) = self.busy_apps.remove(&outcome.app_id)
+            && let Some(next) = queued.pop_front()
+        {
+            self.start_flush(next);
+            if let Some(behind) = self.busy_apps.get_mut(&outcome.app_id) {
+                behind.extend(queued);
+            }
+        }
+        for deliveries in &outcome.confirmed {
+            for tag in self.tracker.confirmed(deliveries) {
+                self.ack(tag).await?;
+            }
+        }
+        for deliveries in &outcome.failed {
+            for tag in self.tracker.failed(deliveries) {
+                // Transient failures go back to the queue to be tried again; a request Weiling can
+                // never answer is parked in the dead-letter queue instead of looping.
+                self.reject(tag, !outcome.permanent).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, tag: DeliveryTag) -> Result<(), String> {
+        match tokio::time::timeout(
+            ACK_TIMEOUT,
+            self.channel.basic_ack(tag, BasicAckOptions::default()),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("ack failed: {error}")),
+            Err(_) => Err("ack timed out".into()),
+        }
+    }
+
+    async fn reject(&self, tag: DeliveryTag, requeue: bool) -> Result<(), String> {
+        let result = if requeue {
+            tokio::time::timeout(
+                ACK_TIMEOUT,
+                self.channel.basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    },
+                ),
+            )
+            .await
+        } else {
+            tokio::time::timeout(
+                ACK_TIMEOUT,
+                self.channel
+                    .basic_reject(tag, BasicRejectOptions { requeue: false }),
+            )
+            .await
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("nack failed: {error}")),
+            Err(_) => Err("nack timed out".into()),
+        }
+    }
+}
+
+/// What the pipeline reads from an inbox message (the relay's own raw-event publish).
+struct InboxEvent {
+    app_id: String,
+    event_type: String,
+    received_at_ms: u64,
+    body: Value,
+}
+
+impl InboxEvent {
+    fn parse(delivery: &lapin::message::Delivery) -> Option<InboxEvent> {
+        let headers = delivery.properties.headers().as_ref()?.inner();
+        let text = |name: &str| match headers.get(name) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        let received_at_ms = match headers.get("received_at") {
+            Some(AMQPValue::LongLongInt(ms)) => u64::try_from(*ms).unwrap_or_default(),
+            _ => 0,
+        };
+        Some(InboxEvent {
+            app_id: text("app_id")?,
+            event_type: text("event_type")?,
+            received_at_ms,
+            body: serde_json::from_slice(&delivery.data).ok()?,
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! One closed window end to end: a batch call per ≤100 ids, then one confirmed record per customer.
+
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::RecordSink;
+use super::record::{self, CustomerRecord, Op};
+use crate::enrich::EnrichError;
+use crate::verify::unix_ms;
+use crate::window::{DeliveryTag, Flush};
+
+/// Weiling's documented batch cap.
+pub const BATCH_CAP: usize = 100;
+/// One record publish may wait this long for its confirm before it is retried.
+const CONFIRM_WAIT: Duration = Duration::from_secs(15);
+
+/// What became of a flush, per id: the deliveries of confirmed ids may be acked, the others not.
+#[derive(Debug, Default)]
+pub struct FlushOutcome {
+    pub app_id: String,
+    pub confirmed: Vec<Vec<DeliveryTag>>,
+    /// Ids not published; `permanent` says whether a retry could help.
+    pub failed: Vec<Vec<DeliveryTag>>,
+    pub permanent: bool,
+    pub records: usize,
+    pub missing: usize,
+    pub batch_calls: usize,
+}
+
+/// Enriches and publishes one flush. Publishing retries until confirmed or `abort` fires, because the
+/// inputs stay unacked (durable) meanwhile and a nack or a lost link is usually short.
+pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> FlushOutcome {
+    let mut outcome = FlushOutcome {
+        app_id: flush.app_id.clone(),
+        ..FlushOutcome::default()
+    };
+    let ids: Vec<String> = flush.ids.keys().cloned().collect();
+    for chunk in ids.chunks(BATCH_CAP) {
+        outcome.batch_calls += 1;
+        let fetched = match sink
+            .client
+            .fetch_customers(&flush.app_id, chunk, abort)
+            .await
+        {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                warn!(app_id = %flush.app_id, ids = chunk.len(), error = %error, "batch call failed; inbox deliveries stay unacked");
+                outcome.permanent |= is_permanent(&error);
+                outcome.failed.extend(
+                    chunk
+                        .iter()
+                        .filter_map(|id| flush.ids.get(id))
+                        .map(|s| s.deliveries.clone()),
+                );
+                continue;
+            }
+        };
+        let fetched_at_ms = unix_ms(std::time::SystemTime::now());
+        let records: std::collections::HashMap<&str, &serde_json::Value> = fetched
+            .records
+            .iter()
+            .map(|(id, r)| (id.as_str(), r))
+            .collect();
+        let publishes = chunk.iter().filter_map(|id| {
+            let source = flush.ids.get(id)?;
+            let (op, record) = match records.get(id.as_str()) {
+                Some(record) => (Op::Upsert, Some(*record)),
+                None => (Op::Missing, None),
+            };
+            let message = record::message(
+                &sink.exchange,
+                &CustomerRecord {
+                    app_id: &flush.app_id,
+                    customer_id: id,
+                    op,
+                    record,
+                    source,
+                    fetched_at_ms,
+                },
+                sink.sign_key.as_ref(),
+            );
+            Some(async move {
+                let confirmed = publish_until_confirmed(sink, message, abort).await;
+                (source.deliveries.clone(), op, confirmed)
+            })
+        });
+        for (deliveries, op, confirmed) in join_all(publishes).await {
+            if confirmed {
+                match op {
+                    Op::Upsert => outcome.records += 1,
+                    Op::Missing => outcome.missing += 1,
+                }
+                outcome.confirmed.push(deliveries);
+            } else {
+                outcome.failed.push(deliveries);
+            }
+        }
+    }
+    debug!(app_id = %outcome.app_id, reason = flush.reason.as_str(), records = outcome.records, missing = outcome.missing, failed = outcome.failed.len(), "flush done");
+    outcome
+}
+
+async fn publish_until_confirmed(
+    sink: &RecordSink,
+    message: crate::amqp::Outgoing,
+    abort: &CancellationToken,
+) -> bool {
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let attempt = tokio::time::timeout(CONFIRM_WAIT, sink.publisher.publish(message.clone()));
+        let error = tokio::select! {
+            result = attempt => match result {
+                Ok(Ok(())) => return true,
+                Ok(Err(error)) => error.as_str(),
+                Err(_) => "timeout",
+            },
+            () = abort.cancelled() => return false,
+        };
+        debug!(error, "record publish failed; retrying");
+        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = abort.cancelled() => return false,
+        }
+    }
+}
+
+/// A failure a retry cannot fix: the request itself is wrong, or Weiling refused it for good.
+fn is_permanent(error: &EnrichError) -> bool {
+    matches!(
+        error,
+        EnrichError::UnknownApp
+            | EnrichError::TooManyIds
+            | EnrichError::Config(_)
+            | EnrichError::Rejected { .. }
+    )
+}

@@ -1,0 +1,257 @@
+//! The customer record message of contract.md: schema v1, content-hash `message_id`, properties,
+//! headers, optional HMAC-SHA256 `x-signature`, routing key `customer.<app_id>.upsert|missing`.
+
+use hmac::{KeyInit, Mac};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::amqp::Outgoing;
+use crate::persist::inbox::PERSISTENT;
+use crate::window::coalescer::IdSource;
+
+pub const SCHEMA: &str = "weiling-relay.customer.v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Upsert,
+    /// Weiling did not return the id: a tombstone candidate.
+    Missing,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upsert => "upsert",
+            Self::Missing => "missing",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    events: u32,
+    event_types: Vec<&'a str>,
+    first_event_at: u64,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    schema: &'static str,
+    op: &'static str,
+    app_id: &'a str,
+    customer_id: &'a str,
+    fetched_at: u64,
+    source: Source<'a>,
+    record: Option<&'a Value>,
+}
+
+/// Everything one record message needs.
+pub struct CustomerRecord<'a> {
+    pub app_id: &'a str,
+    pub customer_id: &'a str,
+    pub op: Op,
+    /// One element of `customer_list`, exactly as Weiling returned it; `None` for `missing`.
+    pub record: Option<&'a Value>,
+    pub source: &'a IdSource,
+    pub fetched_at_ms: u64,
+}
+
+pub fn routing_key(app_id: &str, op: Op) -> String {
+    format!("customer.{app_id}.{}", op.as_str())
+}
+
+/// Identical states get identical ids, so consumers can deduplicate redeliveries. serde_json's map
+/// keeps keys sorted, so `to_string` is a canonical form of the record.
+pub fn message_id(app_id: &str, customer_id: &str, op: Op, record: Option<&Value>) -> String {
+    let canonical = record.map_or_else(|| "null".to_owned(), Value::to_string);
+    hex::encode(
+        Sha256::new()
+            .chain_update(app_id)
+            .chain_update([0u8])
+            .chain_update(customer_id)
+            .chain_update([0u8])
+            .chain_update(op.as_str())
+            .chain_update([0u8])
+            .chain_update(canonical)
+            .finalize(),
+    )
+}
+
+pub fn message(
+    exchange: &str,
+    r: &CustomerRecord<'_>,
+    sign_key: Option<&SecretString>,
+) -> Outgoing {
+    let body = Body {
+        schema: SCHEMA,
+        op: r.op.as_str(),
+        app_id: r.app_id,
+        customer_id: r.customer_id,
+        fetched_at: r.fetched_at_ms,
+        source: Source {
+            events: r.source.events,
+            event_types: r.source.event_types.iter().map(String::as_str).collect(),
+            first_event_at: r.source.first_event_at_ms,
+        },
+        record: r.record,
+    };
+    // Serialising these plain structs cannot fail; an empty body would be refused downstream anyway.
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let fetched_at = i64::try_from(r.fetched_at_ms).unwrap_or(i64::MAX);
+    let mut headers = FieldTable::default();
+    headers.insert("app_id".into(), AMQPValue::LongString(r.app_id.into()));
+    headers.insert(
+        "customer_id".into(),
+        AMQPValue::LongString(r.customer_id.into()),
+    );
+    headers.insert("fetched_at".into(), AMQPValue::LongLongInt(fetched_at));
+    if let Some(signature) = sign_key.and_then(|key| sign(key, &body)) {
+        headers.insert(
+            "x-signature".into(),
+            AMQPValue::LongString(signature.into()),
+        );
+    }
+    let properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+        .with_message_id(
+            message_id(r.app_id, r.customer_id, r.op, r.record)
+                .as_str()
+                .into(),
+        )
+        .with_timestamp(r.fetched_at_ms / 1000)
+        .with_type(format!("customer.{}", r.op.as_str()).as_str().into())
+        .with_headers(headers);
+    Outgoing {
+        exchange: exchange.to_owned(),
+        routing_key: routing_key(r.app_id, r.op),
+        body,
+        properties,
+        mandatory: true,
+    }
+}
+
+/// Hex HMAC-SHA256 of the body; `None` when no key is configured.
+fn sign(key: &SecretString, body: &[u8]) -> Option<String> {
+    let key = key.expose_secret();
+    if key.is_empty() {
+        return None;
+    }
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key.as_bytes()).ok()?;
+    mac.update(body);
+    Some(hex::encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn source() -> IdSource {
+        IdSource {
+            events: 3,
+            event_types: ["add_customer".to_owned(), "history_add".to_owned()].into(),
+            first_event_at_ms: 1_745_818_723_565,
+            deliveries: vec![1, 2],
+        }
+    }
+
+    #[test]
+    fn an_upsert_matches_the_contract() {
+        let record = json!({"customer_id": "c1", "name": "张三"});
+        let src = source();
+        let r = CustomerRecord {
+            app_id: "wloa1",
+            customer_id: "c1",
+            op: Op::Upsert,
+            record: Some(&record),
+            source: &src,
+            fetched_at_ms: 1_745_818_724_012,
+        };
+        let out = message("weiling.customers", &r, None);
+        assert_eq!(out.routing_key, "customer.wloa1.upsert");
+        let body: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "schema": "weiling-relay.customer.v1", "op": "upsert", "app_id": "wloa1", "customer_id": "c1",
+                "fetched_at": 1_745_818_724_012u64,
+                "source": {"events": 3, "event_types": ["add_customer", "history_add"], "first_event_at": 1_745_818_723_565u64},
+                "record": {"customer_id": "c1", "name": "张三"}
+            })
+        );
+        let p = &out.properties;
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(p.timestamp(), &Some(1_745_818_724));
+        assert_eq!(
+            p.kind().as_ref().map(|s| s.as_str()),
+            Some("customer.upsert")
+        );
+        assert_eq!(p.message_id().as_ref().map(|s| s.as_str().len()), Some(64));
+        assert!(
+            p.headers()
+                .as_ref()
+                .unwrap()
+                .inner()
+                .get("x-signature")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn identical_states_share_a_message_id_and_different_ones_do_not() {
+        let a = json!({"b": 1, "a": 2});
+        let b = json!({"a": 2, "b": 1});
+        assert_eq!(
+            message_id("x", "c", Op::Upsert, Some(&a)),
+            message_id("x", "c", Op::Upsert, Some(&b))
+        );
+        assert_ne!(
+            message_id("x", "c", Op::Upsert, Some(&a)),
+            message_id("x", "c", Op::Missing, None)
+        );
+        assert_ne!(
+            message_id("x", "c", Op::Upsert, Some(&a)),
+            message_id("x", "d", Op::Upsert, Some(&a))
+        );
+    }
+
+    #[test]
+    fn missing_has_a_null_record_and_the_signature_verifies() {
+        let src = source();
+        let r = CustomerRecord {
+            app_id: "wloa1",
+            customer_id: "gone",
+            op: Op::Missing,
+            record: None,
+            source: &src,
+            fetched_at_ms: 5,
+        };
+        let key = SecretString::from("rec0rd-key");
+        let out = message("ex", &r, Some(&key));
+        assert_eq!(out.routing_key, "customer.wloa1.missing");
+        let body: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(body["record"], Value::Null);
+        let Some(AMQPValue::LongString(sig)) = out
+            .properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .get("x-signature")
+            .cloned()
+        else {
+            panic!("signature header expected")
+        };
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(b"rec0rd-key").unwrap();
+        mac.update(&out.body);
+        assert!(
+            mac.verify_slice(&hex::decode(sig.to_string()).unwrap())
+                .is_ok()
+        );
+    }
+}
