@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weiling_relay::app::Relay;
 use weiling_relay::config::Settings;
-use weiling_relay::{demo, telemetry};
+use weiling_relay::{demo, simulator, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +33,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the relay against the local RabbitMQ with generated callbacks and print a summary.
+    /// Run the simulator, the relay and a checking consumer on the local RabbitMQ; print a summary.
     Demo(demo::DemoArgs),
+    /// The Weiling simulator on its own (token and batch endpoints, callback sender).
+    Sim(simulator::cli::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             let settings = Settings::load(config.as_deref(), &env)?;
             runtime.block_on(serve(settings))
         }
+        Command::Sim(args) => Ok(runtime.block_on(simulator::cli::run(args))?),
         Command::Demo(args) => {
             let ok = runtime.block_on(demo::run(args))?;
             if !ok {

@@ -28,6 +28,8 @@ pub struct FlushOutcome {
     pub permanent: bool,
     pub records: usize,
     pub missing: usize,
+    /// Fetched states identical to the last one published for that customer: not sent again.
+    pub unchanged: usize,
     pub batch_calls: usize,
 }
 
@@ -65,12 +67,22 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
             .iter()
             .map(|(id, r)| (id.as_str(), r))
             .collect();
-        let publishes = chunk.iter().filter_map(|id| {
-            let source = flush.ids.get(id)?;
+        let mut publishes = Vec::new();
+        for id in chunk {
+            let Some(source) = flush.ids.get(id) else {
+                continue;
+            };
             let (op, record) = match records.get(id.as_str()) {
                 Some(record) => (Op::Upsert, Some(*record)),
                 None => (Op::Missing, None),
             };
+            let key = (flush.app_id.clone(), id.clone());
+            let message_id = record::message_id(&flush.app_id, id, op, record);
+            if sink.last_published.get(&key).as_ref() == Some(&message_id) {
+                outcome.unchanged += 1;
+                outcome.confirmed.push(source.deliveries.clone());
+                continue;
+            }
             let message = record::message(
                 &sink.exchange,
                 &CustomerRecord {
@@ -83,11 +95,14 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
                 },
                 sink.sign_key.as_ref(),
             );
-            Some(async move {
+            publishes.push(async move {
                 let confirmed = publish_until_confirmed(sink, message, abort).await;
+                if confirmed {
+                    sink.last_published.insert(key, message_id);
+                }
                 (source.deliveries.clone(), op, confirmed)
-            })
-        });
+            });
+        }
         for (deliveries, op, confirmed) in join_all(publishes).await {
             if confirmed {
                 match op {

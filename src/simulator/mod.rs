@@ -12,6 +12,7 @@
 //! and before the body; HTTP-level faults (5xx, 429, garbage) come before every other check.
 
 mod api;
+pub mod cli;
 pub mod driver;
 pub mod events;
 pub mod records;
