@@ -45,6 +45,7 @@ impl Relay {
     /// Starts the relay on an already bound listener (tests bind port 0).
     pub fn start(settings: Settings, listener: TcpListener) -> Result<Relay, RelayError> {
         let addr = listener.local_addr()?;
+        crate::metrics::install();
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
         let (publisher, publisher_task) = Publisher::spawn(
@@ -99,6 +100,7 @@ impl Relay {
             draining: draining.clone(),
         });
         let drain_deadline = Duration::from_millis(settings.server.drain_deadline_ms);
+        let drain_grace = Duration::from_millis(settings.server.drain_grace_ms);
         let max_body = settings.server.max_body_bytes;
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
@@ -106,12 +108,16 @@ impl Relay {
         };
         let server = {
             let state = state.clone();
-            HttpServer::new(move || App::new().configure(receive::routes(state.clone(), max_body)))
-                .workers(workers)
-                .disable_signals()
-                .shutdown_timeout(drain_deadline.as_secs().max(1))
-                .listen(listener)?
-                .run()
+            HttpServer::new(move || {
+                App::new()
+                    .wrap(actix_web::middleware::from_fn(receive::http_metrics))
+                    .configure(receive::routes(state.clone(), max_body))
+            })
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(drain_deadline.as_secs().max(1))
+            .listen(listener)?
+            .run()
         };
         let server_handle = server.handle();
         let server_task = tokio::spawn(server);
@@ -124,6 +130,7 @@ impl Relay {
                 info!("drain started: readiness off, new callbacks answered 503");
                 draining.cancel();
                 drop(state);
+                tokio::time::sleep(drain_grace).await;
                 // Waits for callbacks in flight (each bounded by the answer budget) to get their answer.
                 server_handle.stop(true).await;
                 server_task.await??;

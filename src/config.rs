@@ -56,6 +56,7 @@ pub struct ServerSettings {
     pub retry_after_s: u64,
     pub workers: usize,
     pub drain_deadline_ms: u64,
+    pub drain_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod enrich;
 pub mod extract;
+pub mod metrics;
 pub mod persist;
 pub mod publish;
 pub mod receive;

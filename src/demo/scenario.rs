@@ -143,16 +143,12 @@ impl Scenario {
         amqp_url: &str,
         relay_env: &[(String, String)],
     ) -> Result<Scenario, ScenarioError> {
-        let run_id = Alphanumeric
-            .sample_string(&mut rand::rng(), 8)
-            .to_lowercase();
-        let app_id = format!("wloa{run_id}");
-        let app_secret = Alphanumeric.sample_string(&mut rand::rng(), 24);
-        let token = Alphanumeric.sample_string(&mut rand::rng(), 32);
-        let aes = Alphanumeric.sample_string(&mut rand::rng(), 43);
+        let run_id = new_run_id();
+        let test_app = TestApp::generate(&run_id);
+        let app_id = test_app.app_id.clone();
 
         let sim = Simulator::new(SimConfig::default());
-        sim.add_app(&app_id, &app_secret);
+        sim.add_app(&app_id, &test_app.app_secret);
         let sim_listener = TcpListener::bind("127.0.0.1:0")?;
         let sim_addr = sim_listener.local_addr()?;
         let sim_server = sim.serve(sim_listener)?;
@@ -160,46 +156,10 @@ impl Scenario {
         tokio::spawn(sim_server);
 
         let prefix = format!("scenario-{run_id}");
-        let mut env: HashMap<String, String> = HashMap::from([
-            ("WEILING_RELAY__SERVER__LISTEN".into(), "127.0.0.1:0".into()),
-            ("WEILING_RELAY__AMQP__URL".into(), amqp_url.to_owned()),
-            (
-                "WEILING_RELAY__AMQP__INBOX_QUEUE".into(),
-                format!("{prefix}.inbox"),
-            ),
-            (
-                "WEILING_RELAY__AMQP__DEAD_LETTER_QUEUE".into(),
-                format!("{prefix}.dead"),
-            ),
-            (
-                "WEILING_RELAY__AMQP__EVENTS_EXCHANGE".into(),
-                format!("{prefix}.events"),
-            ),
-            (
-                "WEILING_RELAY__AMQP__CUSTOMERS_EXCHANGE".into(),
-                format!("{prefix}.customers"),
-            ),
-            (
-                "WEILING_RELAY__AMQP__UNROUTED_EXCHANGE".into(),
-                format!("{prefix}.unrouted"),
-            ),
-            (
-                "WEILING_RELAY__WEILING__BASE_URL".into(),
-                format!("http://{sim_addr}"),
-            ),
-            ("WEILING_RELAY_APP_ID".into(), app_id.clone()),
-            ("WEILING_RELAY_APP_SECRET".into(), app_secret),
-            ("WEILING_RELAY_TOKEN".into(), token.clone()),
-            ("WEILING_RELAY_ENCODING_AES_KEY".into(), aes.clone()),
-        ]);
+        let mut env = self::relay_env(&prefix, amqp_url, &format!("http://{sim_addr}"), &test_app);
         env.extend(relay_env.iter().cloned());
         let settings = Settings::load(None, &env)?;
-        let app = Arc::new(AppKeys::new(
-            &app_id,
-            &SecretString::from(token),
-            &SecretString::from(aes),
-            true,
-        )?);
+        let app = Arc::new(test_app.keys()?);
 
         // The checking consumer subscribes before the first callback, like any downstream consumer.
         let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
@@ -486,10 +446,93 @@ fn plan(config: &ScenarioConfig) -> Vec<Step> {
 }
 
 /// A Zipf-like choice (exponent 1): a few customers change often, most rarely.
-fn zipf(rng: &mut impl Rng, n: usize) -> usize {
+pub fn zipf(rng: &mut impl Rng, n: usize) -> usize {
     let u: f64 = rng.random_range(0.0..1.0);
     let pick = (n as f64).powf(u).floor() as usize;
     pick.saturating_sub(1).min(n.saturating_sub(1))
+}
+
+/// A short lowercase random id that keeps the queue and exchange names of one run apart.
+pub fn new_run_id() -> String {
+    Alphanumeric
+        .sample_string(&mut rand::rng(), 8)
+        .to_lowercase()
+}
+
+/// A freshly generated Weiling app: the simulator gets the id and secret, the relay all four.
+#[derive(Debug, Clone)]
+pub struct TestApp {
+    pub app_id: String,
+    pub app_secret: String,
+    pub token: String,
+    pub encoding_aes_key: String,
+}
+
+impl TestApp {
+    pub fn generate(run_id: &str) -> TestApp {
+        TestApp {
+            app_id: format!("wloa{run_id}"),
+            app_secret: Alphanumeric.sample_string(&mut rand::rng(), 24),
+            token: Alphanumeric.sample_string(&mut rand::rng(), 32),
+            encoding_aes_key: Alphanumeric.sample_string(&mut rand::rng(), 43),
+        }
+    }
+
+    /// The sender's keys (what Weiling seals callbacks with).
+    pub fn keys(&self) -> Result<AppKeys, crate::verify::cipher::KeyError> {
+        AppKeys::new(
+            &self.app_id,
+            &SecretString::from(self.token.clone()),
+            &SecretString::from(self.encoding_aes_key.clone()),
+            true,
+        )
+    }
+}
+
+/// The relay's environment for one run: queue and exchange names under `prefix` (so runs never share
+/// a queue), the broker, Weiling at `weiling_base_url`, and the one app. The bench starts relay
+/// processes with it as well.
+pub fn relay_env(
+    prefix: &str,
+    amqp_url: &str,
+    weiling_base_url: &str,
+    app: &TestApp,
+) -> HashMap<String, String> {
+    HashMap::from([
+        ("WEILING_RELAY__SERVER__LISTEN".into(), "127.0.0.1:0".into()),
+        ("WEILING_RELAY__AMQP__URL".into(), amqp_url.to_owned()),
+        (
+            "WEILING_RELAY__AMQP__INBOX_QUEUE".into(),
+            format!("{prefix}.inbox"),
+        ),
+        (
+            "WEILING_RELAY__AMQP__DEAD_LETTER_QUEUE".into(),
+            format!("{prefix}.dead"),
+        ),
+        (
+            "WEILING_RELAY__AMQP__EVENTS_EXCHANGE".into(),
+            format!("{prefix}.events"),
+        ),
+        (
+            "WEILING_RELAY__AMQP__CUSTOMERS_EXCHANGE".into(),
+            format!("{prefix}.customers"),
+        ),
+        (
+            "WEILING_RELAY__AMQP__UNROUTED_EXCHANGE".into(),
+            format!("{prefix}.unrouted"),
+        ),
+        (
+            "WEILING_RELAY__WEILING__BASE_URL".into(),
+            weiling_base_url.to_owned(),
+        ),
+        ("WEILING_RELAY_APP_ID".into(), app.app_id.clone()),
+        ("WEILING_RELAY_APP_SECRET".into(), app.app_secret.clone()),
+        ("WEILING_RELAY_TOKEN".into(), app.token.clone()),
+        (
+            "WEILING_RELAY_ENCODING_AES_KEY".into(),
+            app.encoding_aes_key.clone(),
+        ),
+    ])
 }
 
 /// Waits (up to 15 s) until the relay's broker link is up, so the first callbacks are not refused.
@@ -573,7 +616,8 @@ async fn check(channel: Channel, queue: String, seen: Arc<Mutex<Seen>>) {
     }
 }
 
-async fn cleanup(channel: &Channel, amqp: &AmqpSettings, check_queue: &str) {
+/// Deletes the queues and exchanges a relay with these settings declared, and the checking queue.
+pub async fn cleanup(channel: &Channel, amqp: &AmqpSettings, check_queue: &str) {
     for queue in [
         check_queue,
         &amqp.inbox_queue,

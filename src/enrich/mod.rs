@@ -461,10 +461,17 @@ impl Inner {
             }
         };
         // reqwest's own timeout covers send and body; this one also bounds anything around them.
-        match tokio::time::timeout(self.request_timeout, exchange).await {
+        let started = std::time::Instant::now();
+        let answer = match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(answer) => answer,
             Err(_) => transport("timed out".to_owned()),
-        }
+        };
+        crate::metrics::weiling_request(
+            "customer/batch",
+            &answer_label(&answer),
+            started.elapsed(),
+        );
+        answer
     }
 }
 
@@ -568,5 +575,14 @@ fn user_agent(instance: Option<&str>) -> String {
                 .collect();
             format!("{base} ({tag})")
         }
+    }
+}
+
+/// The bounded `code` label of a Weiling answer: its code, `http_<status>` without one, or `transport`.
+fn answer_label(answer: &Answer) -> String {
+    match (answer.status, answer.code) {
+        (policy::TRANSPORT_ERROR, _) => "transport".to_owned(),
+        (_, Some(code)) if (-100_000..=100_000).contains(&code) => code.to_string(),
+        (status, _) => format!("http_{status}"),
     }
 }

@@ -133,10 +133,22 @@ impl TokenCache {
         {
             return Err(err.clone());
         }
+        let started = std::time::Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.fetch()).await {
             Ok(result) => result,
             Err(_) => Err(TokenError::Transport("timed out".to_owned())),
         };
+        let label = match &result {
+            Ok(_) => "0".to_owned(),
+            Err(TokenError::Refused(code)) => code.to_string(),
+            Err(TokenError::Http(status)) => format!("http_{status}"),
+            Err(TokenError::Transport(_)) => "transport".to_owned(),
+            Err(TokenError::Malformed(_)) => "malformed".to_owned(),
+        };
+        crate::metrics::weiling_request("auth/access_token", &label, started.elapsed());
+        if result.is_ok() {
+            crate::metrics::token_refreshed();
+        }
         self.finished_fetches.fetch_add(1, Ordering::Release);
         match result {
             Ok((value, lifetime)) => {

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Extracted, Mapping};
 use crate::ack::AckTracker;
@@ -223,7 +223,14 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// A window just closed: count it, then run it or queue it behind its app's running flush.
     fn start_flush(&mut self, flush: Flush) {
+        let events: u64 = flush.ids.values().map(|s| u64::from(s.events)).sum();
+        crate::metrics::window_flushed(flush.reason.as_str(), flush.ids.len(), events);
+        self.launch(flush);
+    }
+
+    fn launch(&mut self, flush: Flush) {
         if let Some(queued) = self.busy_apps.get_mut(&flush.app_id) {
             queued.push_back(flush);
             return;
@@ -231,8 +238,9 @@ impl<'a> Driver<'a> {
         self.busy_apps.insert(flush.app_id.clone(), VecDeque::new());
         let sink = self.pipeline.sink.clone();
         let abort = self.abort.clone();
+        let span = info_span!("flush", app_id = %flush.app_id, reason = flush.reason.as_str(), ids = flush.ids.len());
         self.flushes
-            .spawn(async move { flush::run(flush, &sink, &abort).await });
+            .spawn(async move { flush::run(flush, &sink, &abort).await }.instrument(span));
     }
 
     /// Routes one inbox delivery: no ids → ack now; ids → into the window, acked later.
@@ -253,6 +261,7 @@ impl<'a> Driver<'a> {
         {
             Extracted::Unmapped | Extracted::NoIds => {
                 debug!(app_id = %event.app_id, event_type = %event.event_type, "event names no customer");
+                crate::metrics::event_without_customers();
                 self.ack(tag).await
             }
             Extracted::Ids(ids) => {
@@ -278,7 +287,7 @@ impl<'a> Driver<'a> {
         if let Some(mut queued) = self.busy_apps.remove(&outcome.app_id)
             && let Some(next) = queued.pop_front()
         {
-            self.start_flush(next);
+            self.launch(next);
             if let Some(behind) = self.busy_apps.get_mut(&outcome.app_id) {
                 behind.extend(queued);
             }

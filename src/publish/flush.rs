@@ -43,11 +43,14 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
     let ids: Vec<String> = flush.ids.keys().cloned().collect();
     for chunk in ids.chunks(BATCH_CAP) {
         outcome.batch_calls += 1;
-        let fetched = match sink
+        let fetched = sink
             .client
             .fetch_customers(&flush.app_id, chunk, abort)
-            .await
-        {
+            .await;
+        if let Some(state) = sink.client.breaker_state(&flush.app_id) {
+            crate::metrics::circuit_state(&flush.app_id, state.as_gauge());
+        }
+        let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(error) => {
                 warn!(app_id = %flush.app_id, ids = chunk.len(), error = %error, "batch call failed; inbox deliveries stay unacked");
@@ -79,6 +82,7 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
             let key = (flush.app_id.clone(), id.clone());
             let message_id = record::message_id(&flush.app_id, id, op, record);
             if sink.last_published.get(&key).as_ref() == Some(&message_id) {
+                crate::metrics::record_unchanged();
                 outcome.unchanged += 1;
                 outcome.confirmed.push(source.deliveries.clone());
                 continue;
@@ -95,9 +99,19 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
                 },
                 sink.sign_key.as_ref(),
             );
+            let first_event_at_ms = source.first_event_at_ms;
             publishes.push(async move {
+                let started = std::time::Instant::now();
                 let confirmed = publish_until_confirmed(sink, message, abort).await;
                 if confirmed {
+                    let now_ms = unix_ms(std::time::SystemTime::now());
+                    let since_first_event =
+                        Duration::from_millis(now_ms.saturating_sub(first_event_at_ms));
+                    crate::metrics::record_confirmed(
+                        op.as_str(),
+                        started.elapsed(),
+                        since_first_event,
+                    );
                     sink.last_published.insert(key, message_id);
                 }
                 (source.deliveries.clone(), op, confirmed)
@@ -140,6 +154,7 @@ async fn publish_until_confirmed(
             },
             () = abort.cancelled() => return false,
         };
+        crate::metrics::publish_failed(error);
         debug!(error, "record publish failed; retrying");
         let delay = backoff.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {

@@ -4,7 +4,8 @@ use std::time::{Instant, SystemTime};
 
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
-use tracing::{debug, info, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ReceiveState;
 use super::answer::{self, CallbackError};
@@ -18,18 +19,37 @@ pub async fn post(
     state: web::Data<ReceiveState>,
 ) -> Result<HttpResponse, CallbackError> {
     let started = Instant::now();
+    // One span per callback; app and event type are filled in once verification names them.
+    let span = info_span!(
+        "callback",
+        app_id = Empty,
+        event_type = Empty,
+        outcome = Empty
+    );
+    let mut app = None;
     let result = receive(
         &request,
         &body,
         path_app.as_deref().map(String::as_str),
         &state,
         started,
+        &mut app,
     )
+    .instrument(span.clone())
     .await;
+    let _entered = span.enter();
     let outcome = match &result {
         Ok(outcome) => *outcome,
         Err(error) => error.outcome(),
     };
+    span.record("outcome", outcome);
+    // Only configured app ids become labels; anything refused before an app was verified is "-".
+    crate::metrics::callback(
+        app.as_deref().unwrap_or("-"),
+        outcome,
+        started.elapsed(),
+        result.is_ok(),
+    );
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match &result {
         Ok(_) => debug!(outcome, elapsed_ms, "callback answered"),
@@ -40,6 +60,10 @@ pub async fn post(
                 elapsed_ms,
                 "callback refused"
             )
+        }
+        // Expected during a drain; logging each one would flood the log exactly when it is read.
+        Err(error @ CallbackError::Draining { .. }) => {
+            debug!(outcome, error = %error, elapsed_ms, "callback not stored")
         }
         Err(error) => warn!(outcome, error = %error, elapsed_ms, "callback not stored"),
     }
@@ -53,6 +77,7 @@ async fn receive(
     path_app: Option<&str>,
     state: &ReceiveState,
     started: Instant,
+    app: &mut Option<String>,
 ) -> Result<&'static str, CallbackError> {
     let retry_after_s = state.retry_after_s;
     if state.draining.is_cancelled() {
@@ -69,6 +94,12 @@ async fn receive(
         .verifier
         .verify_post(&query, body, path_app, SystemTime::now())?;
 
+    let span = tracing::Span::current();
+    span.record("app_id", verified.app_id());
+    *app = Some(verified.app_id().to_owned());
+    if let Verified::Event(event) = &verified {
+        span.record("event_type", event.event_type());
+    }
     let remaining = || state.answer_budget.saturating_sub(started.elapsed());
     let ticket = match state.replay.admit(query.replay_key(verified.app_id())) {
         Admission::AlreadyStored => return Ok("replay"),
@@ -89,10 +120,13 @@ async fn receive(
     let app_id = verified.app_id().to_owned();
     let stored = match verified {
         Verified::Event(event) => {
-            let event_type = event.event_type().to_owned();
+            let publish_started = Instant::now();
             let stored =
                 tokio::time::timeout(remaining(), state.persister.store_event(event)).await;
-            debug!(app_id, event_type, store, "event persisted");
+            if matches!(stored, Ok(Ok(()))) {
+                crate::metrics::inbox_publish(publish_started.elapsed());
+            }
+            debug!(app_id, store, "event persisted");
             stored
         }
         Verified::Undecodable(letter) => {
@@ -102,7 +136,12 @@ async fn receive(
                 detail = letter.detail(),
                 "authentic callback could not be read; dead-lettering it"
             );
-            tokio::time::timeout(remaining(), state.persister.store_dead_letter(&letter)).await
+            let stored =
+                tokio::time::timeout(remaining(), state.persister.store_dead_letter(&letter)).await;
+            if matches!(stored, Ok(Ok(()))) {
+                crate::metrics::dead_letter(letter.reason().as_str());
+            }
+            stored
         }
     };
     match stored {

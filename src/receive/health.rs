@@ -19,3 +19,10 @@ pub async fn readyz(state: web::Data<ReceiveState>) -> HttpResponse {
         other => HttpResponse::ServiceUnavailable().body(format!("broker {}", other.as_str())),
     }
 }
+
+/// Prometheus text exposition of every relay metric.
+pub async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render())
+}

@@ -50,7 +50,8 @@ pub fn routes(
                     .route(web::get().to(callback::get)),
             )
             .route("/healthz", web::get().to(health::healthz))
-            .route("/readyz", web::get().to(health::readyz));
+            .route("/readyz", web::get().to(health::readyz))
+            .route("/metrics", web::get().to(health::metrics));
     }
 }
 
@@ -67,4 +68,32 @@ async fn get_callback(
     state: web::Data<ReceiveState>,
 ) -> Result<HttpResponse, answer::CallbackError> {
     callback::get(request, None, state).await
+}
+
+/// Counts every HTTP request by method, matched route pattern (bounded) and status.
+pub async fn http_metrics(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        _ => "other",
+    };
+    let response = next.call(request).await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    crate::metrics::http_request(
+        method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    Ok(response)
 }

@@ -188,6 +188,11 @@ impl Simulator {
     pub fn token_calls(&self) -> usize {
         self.shared.lock().token_calls
     }
+
+    /// Access tokens issued in the last ten minutes; tests check none of them reaches a log line.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.lock().tokens.keys().cloned().collect()
+    }
 }
 
 fn customer_entry<'a>(

@@ -109,6 +109,7 @@ pub async fn spawn_with(options: Spawn) -> TestApp {
             "WEILING_RELAY__AMQP__RECONNECT_MAX_DELAY_MS".into(),
             "500".into(),
         ),
+        ("WEILING_RELAY__SERVER__DRAIN_GRACE_MS".into(), "0".into()),
         // These tests inspect the inbox itself, so nothing may consume it.
         ("WEILING_RELAY__AMQP__CONSUME_INBOX".into(), "false".into()),
         ("WEILING_RELAY_APP_ID".into(), app_id.clone()),

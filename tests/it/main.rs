@@ -5,6 +5,8 @@
 
 mod broker_faults;
 mod helpers;
+mod operate;
 mod pipeline;
+mod process;
 mod receive;
 mod support;

@@ -1,0 +1,289 @@
+//! The metrics of contract.md, declared once: name, kind, help line, histogram buckets, and the
+//! small functions the stages call. Labels are bounded enums or configured app ids, never free text.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CALLBACKS: &str = "relay_callbacks_total";
+pub const CALLBACK_ACK: &str = "relay_callback_ack_seconds";
+pub const INBOX_PUBLISH: &str = "relay_inbox_publish_seconds";
+pub const DEAD_LETTERS: &str = "relay_dead_letters_total";
+pub const WINDOW_FLUSHES: &str = "relay_window_flush_total";
+pub const WINDOW_IDS: &str = "relay_window_ids";
+pub const UNMAPPED_EVENTS: &str = "relay_events_without_customers_total";
+pub const WEILING_REQUESTS: &str = "relay_weiling_requests_total";
+pub const WEILING_REQUEST: &str = "relay_weiling_request_seconds";
+pub const TOKEN_REFRESHES: &str = "relay_weiling_token_refresh_total";
+pub const CIRCUIT_STATE: &str = "relay_circuit_state";
+pub const RECORDS_PUBLISHED: &str = "relay_records_published_total";
+pub const RECORDS_UNCHANGED: &str = "relay_records_unchanged_total";
+pub const PUBLISH_CONFIRM: &str = "relay_publish_confirm_seconds";
+pub const PUBLISH_FAILURES: &str = "relay_publish_failures_total";
+pub const COALESCING_RATIO: &str = "relay_coalescing_ratio";
+pub const END_TO_END: &str = "relay_end_to_end_seconds";
+pub const HTTP_REQUESTS: &str = "relay_http_requests_total";
+pub const HTTP_REQUEST: &str = "relay_http_request_seconds";
+
+const FAST: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5,
+];
+const REMOTE: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LAG: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+const IDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 75.0, 99.0, 100.0];
+
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram(&'static [f64], Unit),
+}
+
+struct Def {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+}
+
+const DEFS: &[Def] = &[
+    Def {
+        name: CALLBACKS,
+        kind: Kind::Counter,
+        help: "Callbacks answered, by app and outcome (stored, replay, dead_lettered, unauthorized, bad_request, broker_unavailable, …).",
+    },
+    Def {
+        name: CALLBACK_ACK,
+        kind: Kind::Histogram(FAST, Unit::Seconds),
+        help: "Time from a callback's arrival to its `success` answer.",
+    },
+    Def {
+        name: INBOX_PUBLISH,
+        kind: Kind::Histogram(FAST, Unit::Seconds),
+        help: "Time from publishing a verified event to the broker's confirm.",
+    },
+    Def {
+        name: DEAD_LETTERS,
+        kind: Kind::Counter,
+        help: "Authentic callbacks dead-lettered, by reason (decrypt, receive_id, json).",
+    },
+    Def {
+        name: WINDOW_FLUSHES,
+        kind: Kind::Counter,
+        help: "Windows closed, by reason (max_ids, quiet, max_wait, drain).",
+    },
+    Def {
+        name: WINDOW_IDS,
+        kind: Kind::Histogram(IDS, Unit::Count),
+        help: "Distinct customer ids per closed window.",
+    },
+    Def {
+        name: UNMAPPED_EVENTS,
+        kind: Kind::Counter,
+        help: "Inbox events acked without enrichment: unmapped event type or no customer id.",
+    },
+    Def {
+        name: WEILING_REQUESTS,
+        kind: Kind::Counter,
+        help: "Weiling API calls, by endpoint and answer code (0 = success, http_<status>, transport).",
+    },
+    Def {
+        name: WEILING_REQUEST,
+        kind: Kind::Histogram(REMOTE, Unit::Seconds),
+        help: "Duration of one Weiling API call.",
+    },
+    Def {
+        name: TOKEN_REFRESHES,
+        kind: Kind::Counter,
+        help: "Access tokens fetched from Weiling.",
+    },
+    Def {
+        name: CIRCUIT_STATE,
+        kind: Kind::Gauge,
+        help: "Circuit breaker per app: 0 closed, 1 open, 2 half-open.",
+    },
+    Def {
+        name: RECORDS_PUBLISHED,
+        kind: Kind::Counter,
+        help: "Customer records confirmed by the broker, by op (upsert, missing).",
+    },
+    Def {
+        name: RECORDS_UNCHANGED,
+        kind: Kind::Counter,
+        help: "Fetched records identical to the last one published for that customer, not sent again.",
+    },
+    Def {
+        name: PUBLISH_CONFIRM,
+        kind: Kind::Histogram(FAST, Unit::Seconds),
+        help: "Time from publishing a customer record to the broker's confirm.",
+    },
+    Def {
+        name: PUBLISH_FAILURES,
+        kind: Kind::Counter,
+        help: "Record publishes that failed and were retried, by reason (nack, returned, timeout, unavailable, …).",
+    },
+    Def {
+        name: COALESCING_RATIO,
+        kind: Kind::Gauge,
+        help: "Events per published record since start.",
+    },
+    Def {
+        name: END_TO_END,
+        kind: Kind::Histogram(LAG, Unit::Seconds),
+        help: "Time from the first callback about a customer to its record's confirm.",
+    },
+    Def {
+        name: HTTP_REQUESTS,
+        kind: Kind::Counter,
+        help: "HTTP requests, by method, route pattern and status.",
+    },
+    Def {
+        name: HTTP_REQUEST,
+        kind: Kind::Histogram(FAST, Unit::Seconds),
+        help: "HTTP request duration, by route pattern.",
+    },
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static EVENTS_WINDOWED: AtomicU64 = AtomicU64::new(0);
+static RECORDS_CONFIRMED: AtomicU64 = AtomicU64::new(0);
+
+/// Installs the process-wide Prometheus recorder once (several relays in one test process share it).
+/// `None` if another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for def in DEFS {
+                if let Kind::Histogram(buckets, _) = def.kind {
+                    builder = builder
+                        .set_buckets_for_metric(Matcher::Full(def.name.to_owned()), buckets)
+                        .ok()?;
+                }
+            }
+            let handle = builder.install_recorder().ok()?;
+            for def in DEFS {
+                match def.kind {
+                    Kind::Counter => describe_counter!(def.name, def.help),
+                    Kind::Gauge => describe_gauge!(def.name, def.help),
+                    Kind::Histogram(_, unit) => describe_histogram!(def.name, unit, def.help),
+                }
+            }
+            // Without upkeep the exporter's histogram buffers grow without bound.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The exposition text for `GET /metrics`.
+pub fn render() -> String {
+    install().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+pub fn callback(app: &str, outcome: &'static str, elapsed: Duration, answered_success: bool) {
+    counter!(CALLBACKS, "app" => app.to_owned(), "outcome" => outcome).increment(1);
+    if answered_success {
+        histogram!(CALLBACK_ACK).record(elapsed.as_secs_f64());
+    }
+}
+
+pub fn inbox_publish(elapsed: Duration) {
+    histogram!(INBOX_PUBLISH).record(elapsed.as_secs_f64());
+}
+
+pub fn dead_letter(reason: &'static str) {
+    counter!(DEAD_LETTERS, "reason" => reason).increment(1);
+}
+
+pub fn window_flushed(reason: &'static str, ids: usize, events: u64) {
+    counter!(WINDOW_FLUSHES, "reason" => reason).increment(1);
+    histogram!(WINDOW_IDS).record(ids as f64);
+    EVENTS_WINDOWED.fetch_add(events, Ordering::Relaxed);
+}
+
+pub fn event_without_customers() {
+    counter!(UNMAPPED_EVENTS).increment(1);
+}
+
+pub fn weiling_request(endpoint: &'static str, code: &str, elapsed: Duration) {
+    counter!(WEILING_REQUESTS, "endpoint" => endpoint, "code" => code.to_owned()).increment(1);
+    histogram!(WEILING_REQUEST, "endpoint" => endpoint).record(elapsed.as_secs_f64());
+}
+
+pub fn token_refreshed() {
+    counter!(TOKEN_REFRESHES).increment(1);
+}
+
+pub fn circuit_state(app: &str, state: f64) {
+    gauge!(CIRCUIT_STATE, "app" => app.to_owned()).set(state);
+}
+
+pub fn record_confirmed(op: &'static str, confirm: Duration, since_first_event: Duration) {
+    counter!(RECORDS_PUBLISHED, "op" => op).increment(1);
+    histogram!(PUBLISH_CONFIRM).record(confirm.as_secs_f64());
+    histogram!(END_TO_END).record(since_first_event.as_secs_f64());
+    let records = RECORDS_CONFIRMED.fetch_add(1, Ordering::Relaxed) + 1;
+    let events = EVENTS_WINDOWED.load(Ordering::Relaxed);
+    gauge!(COALESCING_RATIO).set(events as f64 / records as f64);
+}
+
+pub fn record_unchanged() {
+    counter!(RECORDS_UNCHANGED).increment(1);
+}
+
+pub fn publish_failed(reason: &'static str) {
+    counter!(PUBLISH_FAILURES, "reason" => reason).increment(1);
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+    counter!(HTTP_REQUESTS, "method" => method.to_owned(), "route" => route.to_owned(), "status" => status.to_string()).increment(1);
+    histogram!(HTTP_REQUEST, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_declared_once() {
+        let contract = [
+            "relay_callbacks_total",
+            "relay_callback_ack_seconds",
+            "relay_inbox_publish_seconds",
+            "relay_window_flush_total",
+            "relay_window_ids",
+            "relay_weiling_requests_total",
+            "relay_weiling_request_seconds",
+            "relay_weiling_token_refresh_total",
+            "relay_circuit_state",
+            "relay_records_published_total",
+            "relay_publish_confirm_seconds",
+            "relay_publish_failures_total",
+            "relay_dead_letters_total",
+            "relay_coalescing_ratio",
+            "relay_end_to_end_seconds",
+        ];
+        for name in contract {
+            assert_eq!(DEFS.iter().filter(|d| d.name == name).count(), 1, "{name}");
+        }
+        let mut names: Vec<&str> = DEFS.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DEFS.len(), "no name declared twice");
+    }
+}

@@ -1,0 +1,329 @@
+//! The relay binary as a child process, so it can be killed, terminated and its logs read for real.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+pub struct RelayProcess {
+    pub child: Child,
+    /// Where stderr (the JSON logs) goes when captured.
+    pub log: Option<PathBuf>,
+}
+
+impl RelayProcess {
+    pub fn start(env: &HashMap<String, String>) -> RelayProcess {
+        Self::spawn(env, None, "warn,lapin=off")
+    }
+
+    /// Starts with the given log filter and stderr written to `log`.
+    pub fn start_logged(env: &HashMap<String, String>, log: PathBuf, filter: &str) -> RelayProcess {
+        Self::spawn(env, Some(log), filter)
+    }
+
+    fn spawn(env: &HashMap<String, String>, log: Option<PathBuf>, filter: &str) -> RelayProcess {
+        let stderr = match &log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::inherit(),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_weiling-relay"))
+            .arg("serve")
+            .env_clear()
+            .envs(env)
+            .env("RUST_LOG", filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("relay binary starts");
+        RelayProcess { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill_9(&mut self) {
+        // Child::kill sends SIGKILL on Unix: no drain, no flush, no ack.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM by pid (the graceful path Kubernetes takes).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {}", self.pid());
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(log) = &self.log {
+            let _ = std::fs::remove_file(log);
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A simulator, the env of a relay process pointed at it and the shared broker with unique names,
+/// and a checking queue bound to the customers exchange.
+pub struct ProcessRig {
+    pub sim: weiling_relay::simulator::Simulator,
+    sim_server: actix_web::dev::ServerHandle,
+    pub app_id: String,
+    pub app_secret: String,
+    pub env: HashMap<String, String>,
+    pub settings: weiling_relay::config::Settings,
+    pub base: String,
+    pub connection: lapin::Connection,
+    pub channel: lapin::Channel,
+    pub check: String,
+    /// The latest record per customer read from the checking queue so far.
+    latest: std::sync::Mutex<HashMap<String, (u64, serde_json::Value)>>,
+}
+
+impl ProcessRig {
+    pub async fn start(name: &str) -> ProcessRig {
+        use crate::helpers::{AES_KEY, SHARED_BROKER, TOKEN, unique};
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+
+        let sim = weiling_relay::simulator::Simulator::new(Default::default());
+        let app_id = format!("wloa{}", unique(name).replace('-', ""));
+        let app_secret = format!("{name}-app-secret-value");
+        sim.add_app(&app_id, &app_secret);
+        let sim_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sim_addr = sim_listener.local_addr().unwrap();
+        let sim_server = sim.serve(sim_listener).unwrap();
+        let sim_handle = sim_server.handle();
+        tokio::spawn(sim_server);
+
+        let prefix = unique(name);
+        let port = free_port();
+        let env: HashMap<String, String> = HashMap::from([
+            (
+                "WEILING_RELAY__SERVER__LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            ),
+            ("WEILING_RELAY__AMQP__URL".into(), SHARED_BROKER.into()),
+            (
+                "WEILING_RELAY__AMQP__INBOX_QUEUE".into(),
+                format!("{prefix}.inbox"),
+            ),
+            (
+                "WEILING_RELAY__AMQP__DEAD_LETTER_QUEUE".into(),
+                format!("{prefix}.dead"),
+            ),
+            (
+                "WEILING_RELAY__AMQP__EVENTS_EXCHANGE".into(),
+                format!("{prefix}.events"),
+            ),
+            (
+                "WEILING_RELAY__AMQP__CUSTOMERS_EXCHANGE".into(),
+                format!("{prefix}.customers"),
+            ),
+            (
+                "WEILING_RELAY__AMQP__UNROUTED_EXCHANGE".into(),
+                format!("{prefix}.unrouted"),
+            ),
+            (
+                "WEILING_RELAY__WEILING__BASE_URL".into(),
+                format!("http://{sim_addr}"),
+            ),
+            ("WEILING_RELAY_APP_ID".into(), app_id.clone()),
+            ("WEILING_RELAY_APP_SECRET".into(), app_secret.clone()),
+            ("WEILING_RELAY_TOKEN".into(), TOKEN.into()),
+            ("WEILING_RELAY_ENCODING_AES_KEY".into(), AES_KEY.into()),
+        ]);
+        let settings = weiling_relay::config::Settings::load(None, &env).unwrap();
+        let connection =
+            lapin::Connection::connect(SHARED_BROKER, lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        weiling_relay::amqp::topology::declare(&channel, &settings.amqp)
+            .await
+            .unwrap();
+        let check = format!("{prefix}.check");
+        channel
+            .queue_declare(
+                check.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                check.as_str().into(),
+                settings.amqp.customers_exchange.as_str().into(),
+                "customer.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        ProcessRig {
+            sim,
+            sim_server: sim_handle,
+            app_id,
+            app_secret,
+            env,
+            settings,
+            base: format!("http://127.0.0.1:{port}"),
+            connection,
+            channel,
+            check,
+            latest: Default::default(),
+        }
+    }
+
+    pub fn keys(&self) -> std::sync::Arc<weiling_relay::verify::AppKeys> {
+        use secrecy::SecretString;
+        std::sync::Arc::new(
+            weiling_relay::verify::AppKeys::new(
+                &self.app_id,
+                &SecretString::from(crate::helpers::TOKEN),
+                &SecretString::from(crate::helpers::AES_KEY),
+                true,
+            )
+            .unwrap(),
+        )
+    }
+
+    pub fn driver(&self) -> weiling_relay::simulator::CallbackDriver {
+        weiling_relay::simulator::CallbackDriver::new(
+            &self.base,
+            self.keys(),
+            weiling_relay::simulator::RetryPolicy::default(),
+        )
+    }
+
+    /// Reads the checking queue until every id in `expected` shows the simulator's current state, or
+    /// `within` passes. Returns the ids still missing or stale, and how many records arrived.
+    pub async fn await_latest(
+        &self,
+        expected: &std::collections::HashSet<String>,
+        within: Duration,
+    ) -> (Vec<String>, usize) {
+        self.await_records(expected.iter().cloned(), within, |id, record| {
+            Some(record) == self.sim.customer(&self.app_id, id).as_ref()
+        })
+        .await
+    }
+
+    /// Reads the checking queue until, for every id, the latest record (by `fetched_at`) satisfies
+    /// `good`, or `within` passes. What was read is kept for later calls.
+    pub async fn await_records(
+        &self,
+        expected: impl IntoIterator<Item = String>,
+        within: Duration,
+        good: impl Fn(&str, &serde_json::Value) -> bool,
+    ) -> (Vec<String>, usize) {
+        use lapin::options::BasicGetOptions;
+        let expected: Vec<String> = expected.into_iter().collect();
+        let mut received = 0;
+        let satisfied = |latest: &HashMap<String, (u64, serde_json::Value)>, id: &String| {
+            latest.get(id).is_some_and(|(_, r)| good(id, r))
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            match self
+                .channel
+                .basic_get(self.check.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                Some(message) => {
+                    received += 1;
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&message.delivery.data).unwrap();
+                    let id = body["customer_id"].as_str().unwrap().to_owned();
+                    let at = body["fetched_at"].as_u64().unwrap();
+                    let mut latest = self.latest.lock().unwrap();
+                    if latest.get(&id).is_none_or(|(t, _)| at >= *t) {
+                        latest.insert(id, (at, body["record"].clone()));
+                    }
+                }
+                None => {
+                    if expected
+                        .iter()
+                        .all(|id| satisfied(&self.latest.lock().unwrap(), id))
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let latest = self.latest.lock().unwrap();
+        let stale = expected
+            .iter()
+            .filter(|id| !satisfied(&latest, id))
+            .cloned()
+            .collect();
+        (stale, received)
+    }
+
+    pub async fn cleanup(self) {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        self.sim_server.stop(false).await;
+        let amqp = &self.settings.amqp;
+        for queue in [
+            self.check.as_str(),
+            &amqp.inbox_queue,
+            &amqp.dead_letter_queue,
+            &amqp.unrouted_exchange,
+        ] {
+            let _ = self
+                .channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &amqp.customers_exchange,
+            &amqp.events_exchange,
+            &amqp.unrouted_exchange,
+        ] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
