@@ -141,3 +141,46 @@ async fn a_relay_killed_with_ids_in_an_open_window_publishes_them_after_restart(
     drop(restarted);
     rig.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_no_queue_is_bound_for_are_kept_in_the_unrouted_queue() {
+    use lapin::options::BasicGetOptions;
+    use lapin::types::FieldTable;
+
+    let rig = ProcessRig::start("unrouted").await;
+    rig.channel
+        .queue_unbind(
+            rig.check.as_str().into(),
+            rig.settings.amqp.customers_exchange.as_str().into(),
+            "customer.#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let relay = RelayProcess::start(&rig.env);
+    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    let record = rig.sim.create_customer(&rig.app_id, "cust-unrouted");
+    let delivery = rig
+        .driver()
+        .send(&events::add_customer(&record).to_json(&rig.app_id))
+        .await;
+    assert_eq!(delivery.outcome, Outcome::Ok);
+
+    let unrouted = rig.settings.amqp.unrouted_exchange.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut kept = None;
+    while kept.is_none() && tokio::time::Instant::now() < deadline {
+        kept = rig
+            .channel
+            .basic_get(unrouted.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = kept.expect("the record reached the unrouted queue");
+    let body: serde_json::Value = serde_json::from_slice(&kept.delivery.data).unwrap();
+    assert_eq!(body["customer_id"], "cust-unrouted");
+    assert_eq!(body["record"], record);
+    drop(relay);
+    rig.cleanup().await;
+}
