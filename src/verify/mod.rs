@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod cipher;
+pub mod fuzzing;
 pub mod query;
 pub mod replay;
 pub mod seal;

@@ -238,3 +238,113 @@ async fn a_stalled_link_gets_503_at_the_budget_and_extra_callbacks_get_429() {
     assert!(stored, "callbacks are stored again after the stall");
     app.teardown().await;
 }
+
+/// The whole pipeline (consumer, record publisher) through a broker restart: every acknowledged
+/// change is published afterwards; callbacks during the outage are refused, never falsely accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_changes() {
+    use std::collections::HashMap;
+    use weiling_relay::simulator::{Outcome, events};
+
+    use crate::process::{ProcessRig, RelayProcess};
+
+    let broker = PrivateBroker::start().await;
+    let mut rig = ProcessRig::start_on("restart", &broker.amqp_url()).await;
+    rig.env.insert(
+        "WEILING_RELAY__AMQP__RECONNECT_MAX_DELAY_MS".into(),
+        "500".into(),
+    );
+    let relay = RelayProcess::start(&rig.env);
+    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    let patient = rig.driver();
+    // During the outage one attempt each: the sender's retries would only wait out Retry-After.
+    let impatient = weiling_relay::simulator::CallbackDriver::new(
+        &rig.base,
+        rig.keys(),
+        weiling_relay::simulator::RetryPolicy {
+            max_attempts: 1,
+            ..Default::default()
+        },
+    );
+    let mut acknowledged: HashMap<String, u64> = HashMap::new();
+    let mut refused = 0;
+    let send = async |rig: &ProcessRig, i: usize, acknowledged: &mut HashMap<String, u64>| {
+        let driver = if (100..110).contains(&i) {
+            &impatient
+        } else {
+            &patient
+        };
+        let id = format!("cust-restart-{}", i % 30);
+        let record = match rig.sim.customer(&rig.app_id, &id) {
+            Some(_) => rig.sim.change_customer(&rig.app_id, &id),
+            None => rig.sim.create_customer(&rig.app_id, &id),
+        };
+        let delivery = driver
+            .send(&events::add_customer(&record).to_json(&rig.app_id))
+            .await;
+        if delivery.outcome == Outcome::Ok {
+            let at = record["update_time"].as_u64().unwrap();
+            let known = acknowledged.entry(id).or_default();
+            *known = (*known).max(at);
+            true
+        } else {
+            false
+        }
+    };
+    for i in 0..100 {
+        assert!(
+            send(&rig, i, &mut acknowledged).await,
+            "before the restart every callback is stored"
+        );
+    }
+    broker.stop_app().await;
+    for i in 100..110 {
+        if !send(&rig, i, &mut acknowledged).await {
+            refused += 1;
+        }
+    }
+    broker.start_app().await;
+    assert!(
+        ready_within(&rig.base, Duration::from_secs(30)).await,
+        "the relay reconnected"
+    );
+    let before = acknowledged.clone();
+    for i in 110..210 {
+        send(&rig, i, &mut acknowledged).await;
+    }
+    assert_ne!(
+        before, acknowledged,
+        "changes after the restart were acknowledged"
+    );
+    rig.reconnect().await;
+    let (lost, received) = rig
+        .await_records(
+            acknowledged.keys().cloned(),
+            Duration::from_secs(40),
+            |id, record| record["update_time"].as_u64() >= acknowledged.get(id).copied(),
+        )
+        .await;
+    eprintln!(
+        "broker restart: {} customers acknowledged, {refused} callbacks refused during the outage, {received} records, lost {}",
+        acknowledged.len(),
+        lost.len()
+    );
+    assert!(refused > 0, "callbacks during the outage were refused");
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    drop(relay);
+    rig.cleanup().await;
+}
+
+async fn ready_within(base: &str, within: Duration) -> bool {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

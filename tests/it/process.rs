@@ -118,7 +118,12 @@ pub struct ProcessRig {
 
 impl ProcessRig {
     pub async fn start(name: &str) -> ProcessRig {
-        use crate::helpers::{AES_KEY, SHARED_BROKER, TOKEN, unique};
+        Self::start_on(name, crate::helpers::SHARED_BROKER).await
+    }
+
+    /// The same against another broker (a private node the test may stop).
+    pub async fn start_on(name: &str, amqp_url: &str) -> ProcessRig {
+        use crate::helpers::{AES_KEY, TOKEN, unique};
         use lapin::options::{QueueBindOptions, QueueDeclareOptions};
         use lapin::types::FieldTable;
 
@@ -139,7 +144,7 @@ impl ProcessRig {
                 "WEILING_RELAY__SERVER__LISTEN".into(),
                 format!("127.0.0.1:{port}"),
             ),
-            ("WEILING_RELAY__AMQP__URL".into(), SHARED_BROKER.into()),
+            ("WEILING_RELAY__AMQP__URL".into(), amqp_url.into()),
             (
                 "WEILING_RELAY__AMQP__INBOX_QUEUE".into(),
                 format!("{prefix}.inbox"),
@@ -171,7 +176,7 @@ impl ProcessRig {
         ]);
         let settings = weiling_relay::config::Settings::load(None, &env).unwrap();
         let connection =
-            lapin::Connection::connect(SHARED_BROKER, lapin::ConnectionProperties::default())
+            lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
                 .await
                 .unwrap();
         let channel = connection.create_channel().await.unwrap();
@@ -179,12 +184,13 @@ impl ProcessRig {
             .await
             .unwrap();
         let check = format!("{prefix}.check");
+        // Durable, so it survives a broker restart in the tests that cause one.
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
         channel
-            .queue_declare(
-                check.as_str().into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
+            .queue_declare(check.as_str().into(), durable, FieldTable::default())
             .await
             .unwrap();
         channel
@@ -210,6 +216,15 @@ impl ProcessRig {
             check,
             latest: Default::default(),
         }
+    }
+
+    /// A new inspector connection, after the broker dropped the old one.
+    pub async fn reconnect(&mut self) {
+        let url = self.env["WEILING_RELAY__AMQP__URL"].clone();
+        self.connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        self.channel = self.connection.create_channel().await.unwrap();
     }
 
     pub fn keys(&self) -> std::sync::Arc<weiling_relay::verify::AppKeys> {
