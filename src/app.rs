@@ -128,34 +128,33 @@ impl Relay {
             async move {
                 shutdown.cancelled().await;
                 info!("drain started: readiness off, new callbacks answered 503");
+                // One deadline for the whole drain, so its steps cannot add up past what the
+                // orchestrator's grace period allows.
+                let deadline = tokio::time::Instant::now() + drain_grace + drain_deadline;
                 draining.cancel();
                 drop(state);
                 tokio::time::sleep(drain_grace).await;
-                // Waits for callbacks in flight (each bounded by the answer budget) to get their answer.
-                server_handle.stop(true).await;
-                server_task.await??;
+                // Callbacks in flight (each bounded by the answer budget) get their answer.
+                let http_stopped = tokio::time::timeout_at(deadline, async {
+                    server_handle.stop(true).await;
+                    server_task.await
+                })
+                .await;
+                if let Ok(Ok(Err(error))) = http_stopped {
+                    warn!(error = %error, "HTTP server ended with an error");
+                }
                 // Open windows flush, their records are confirmed, their deliveries acked.
                 pipeline_stop.cancel();
                 if let Some(pipeline_task) = pipeline_task
-                    && tokio::time::timeout(drain_deadline, pipeline_task)
-                        .await
-                        .is_err()
+                    && tokio::time::timeout_at(deadline, pipeline_task).await.is_err()
                 {
-                    warn!(
-                        "drain deadline passed with windows in flight; their deliveries return to the inbox"
-                    );
-                    abort.cancel();
+                    warn!("drain deadline passed with windows in flight; their deliveries return to the inbox");
                 }
                 // The publisher ends once every handle is gone and its confirms are settled.
-                if tokio::time::timeout(drain_deadline, publisher_task)
-                    .await
-                    .is_err()
-                {
-                    warn!(
-                        "drain deadline passed with confirms outstanding; closing the broker link"
-                    );
-                    abort.cancel();
+                if tokio::time::timeout_at(deadline, publisher_task).await.is_err() {
+                    warn!("drain deadline passed with confirms outstanding; closing the broker links");
                 }
+                abort.cancel();
                 info!("drain finished");
                 Ok(())
             }
