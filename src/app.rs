@@ -146,13 +146,22 @@ impl Relay {
                 // Open windows flush, their records are confirmed, their deliveries acked.
                 pipeline_stop.cancel();
                 if let Some(pipeline_task) = pipeline_task
-                    && tokio::time::timeout_at(deadline, pipeline_task).await.is_err()
+                    && tokio::time::timeout_at(deadline, pipeline_task)
+                        .await
+                        .is_err()
                 {
-                    warn!("drain deadline passed with windows in flight; their deliveries return to the inbox");
+                    warn!(
+                        "drain deadline passed with windows in flight; their deliveries return to the inbox"
+                    );
                 }
                 // The publisher ends once every handle is gone and its confirms are settled.
-                if tokio::time::timeout_at(deadline, publisher_task).await.is_err() {
-                    warn!("drain deadline passed with confirms outstanding; closing the broker links");
+                if tokio::time::timeout_at(deadline, publisher_task)
+                    .await
+                    .is_err()
+                {
+                    warn!(
+                        "drain deadline passed with confirms outstanding; closing the broker links"
+                    );
                 }
                 abort.cancel();
                 info!("drain finished");

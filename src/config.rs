@@ -124,22 +124,99 @@ pub struct SecuritySettings {
     pub sign_records_key: SecretString,
 }
 
+/// One Weiling app. The callback Token and EncodingAESKey come either single (`token`,
+/// `encoding_aes_key`) or as rotation lists (`tokens`, `encoding_aes_keys`, new first, old kept for
+/// the overlap); exactly one form each. An empty single value means "not given".
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSettings {
     pub app_id: String,
     #[serde(serialize_with = "serialize_masked")]
     pub app_secret: SecretString,
-    #[serde(serialize_with = "serialize_masked")]
+    #[serde(
+        default = "empty_secret",
+        serialize_with = "serialize_masked",
+        skip_serializing_if = "is_empty_secret"
+    )]
     pub token: SecretString,
-    #[serde(serialize_with = "serialize_masked")]
+    #[serde(
+        default,
+        serialize_with = "serialize_masked_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub tokens: Vec<SecretString>,
+    #[serde(
+        default = "empty_secret",
+        serialize_with = "serialize_masked",
+        skip_serializing_if = "is_empty_secret"
+    )]
     pub encoding_aes_key: SecretString,
+    #[serde(
+        default,
+        serialize_with = "serialize_masked_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub encoding_aes_keys: Vec<SecretString>,
     #[serde(default = "default_true")]
     pub check_receive_id: bool,
 }
 
+impl AppSettings {
+    /// The callback Tokens, newest first, whichever form was configured.
+    pub fn callback_tokens(&self) -> &[SecretString] {
+        if self.tokens.is_empty() {
+            std::slice::from_ref(&self.token)
+        } else {
+            &self.tokens
+        }
+    }
+
+    /// The EncodingAESKeys, newest first, whichever form was configured.
+    pub fn aes_keys(&self) -> &[SecretString] {
+        if self.encoding_aes_keys.is_empty() {
+            std::slice::from_ref(&self.encoding_aes_key)
+        } else {
+            &self.encoding_aes_keys
+        }
+    }
+
+    /// Puts `new` in front of the configured Tokens (switching to the list form): the first step of
+    /// a rotation, with the old ones still accepted.
+    pub fn rotate_in_token(&mut self, new: SecretString) {
+        self.tokens = prepend(new, self.callback_tokens());
+        self.token = empty_secret();
+    }
+
+    /// Puts `new` in front of the configured EncodingAESKeys (switching to the list form).
+    pub fn rotate_in_aes_key(&mut self, new: SecretString) {
+        self.encoding_aes_keys = prepend(new, self.aes_keys());
+        self.encoding_aes_key = empty_secret();
+    }
+}
+
+fn prepend(new: SecretString, old: &[SecretString]) -> Vec<SecretString> {
+    std::iter::once(new)
+        .chain(
+            old.iter()
+                .filter(|s| !s.expose_secret().is_empty())
+                .cloned(),
+        )
+        .collect()
+}
+
+/// More entries would only add work to every callback: an overlap needs two, a botched rotation three.
+pub const MAX_ROTATION_ENTRIES: usize = 4;
+
 fn default_true() -> bool {
     true
+}
+
+fn empty_secret() -> SecretString {
+    SecretString::from("")
+}
+
+fn is_empty_secret(secret: &SecretString) -> bool {
+    secret.expose_secret().is_empty()
 }
 
 /// Where an event type carries customer ids: a plain list of JSON pointers, or pointers guarded by
@@ -169,6 +246,15 @@ fn serialize_masked<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok,
     } else {
         s.serialize_str(MASK)
     }
+}
+
+fn serialize_masked_list<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(secrets.len()))?;
+    for secret in secrets {
+        seq.serialize_element(if is_empty_secret(secret) { "" } else { MASK })?;
+    }
+    seq.end()
 }
 
 fn serialize_masked_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
@@ -247,11 +333,16 @@ impl Settings {
                     ConfigError::invalid(name, "must be set when WEILING_RELAY_APP_ID is set")
                 })
         };
+        let (token, tokens) = single_or_list(&required("WEILING_RELAY_TOKEN")?);
+        let (encoding_aes_key, encoding_aes_keys) =
+            single_or_list(&required("WEILING_RELAY_ENCODING_AES_KEY")?);
         self.apps = vec![AppSettings {
             app_id: app_id.clone(),
             app_secret: required("WEILING_RELAY_APP_SECRET")?,
-            token: required("WEILING_RELAY_TOKEN")?,
-            encoding_aes_key: required("WEILING_RELAY_ENCODING_AES_KEY")?,
+            token,
+            tokens,
+            encoding_aes_key,
+            encoding_aes_keys,
             check_receive_id: true,
         }];
         Ok(())
@@ -269,11 +360,14 @@ impl Settings {
 
         let a = &self.amqp;
         let url = a.url.expose_secret();
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        if url.starts_with("amqps://") {
             return Err(ConfigError::invalid(
                 "amqp.url",
-                "must start with amqp:// or amqps://",
+                "amqps:// is not supported by this build: reach the broker over amqp:// on a private network (or a TLS sidecar)",
             ));
+        }
+        if !url.starts_with("amqp://") {
+            return Err(ConfigError::invalid("amqp.url", "must start with amqp://"));
         }
         for (key, name) in [
             ("amqp.inbox_queue", &a.inbox_queue),
@@ -289,7 +383,12 @@ impl Settings {
                 ));
             }
         }
-        positive("amqp.inbox_partitions", u64::from(a.inbox_partitions))?;
+        if a.inbox_partitions != 1 {
+            return Err(ConfigError::invalid(
+                "amqp.inbox_partitions",
+                "must be 1: this version keeps one inbox queue (scale out with replicas on a quorum inbox)",
+            ));
+        }
         positive("amqp.connect_timeout_ms", a.connect_timeout_ms)?;
         positive("amqp.reconnect_max_delay_ms", a.reconnect_max_delay_ms)?;
         if usize::from(a.prefetch) <= self.window.max_ids {
@@ -403,6 +502,22 @@ fn parse_code_list(var: &str, raw: &str) -> Result<Vec<i64>, ConfigError> {
         .collect()
 }
 
+/// A comma-separated environment value: one entry is the single form, several the rotation list.
+fn single_or_list(raw: &SecretString) -> (SecretString, Vec<SecretString>) {
+    let entries: Vec<SecretString> = raw
+        .expose_secret()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(SecretString::from)
+        .collect();
+    match entries.as_slice() {
+        [one] => (one.clone(), Vec::new()),
+        [] => (empty_secret(), Vec::new()),
+        _ => (empty_secret(), entries),
+    }
+}
+
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         Err(ConfigError::invalid(key, "must be greater than 0"))
@@ -422,23 +537,73 @@ fn validate_app(i: usize, app: &AppSettings) -> Result<(), ConfigError> {
     if app.app_secret.expose_secret().is_empty() {
         return Err(ConfigError::invalid(key("app_secret"), "must not be empty"));
     }
-    let token = app.token.expose_secret();
-    if !(16..=32).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ConfigError::invalid(
-            key("token"),
-            "must be 16–32 letters or digits",
-        ));
+    for (name, token) in one_form(i, ("token", &app.token), ("tokens", &app.tokens))? {
+        if !(16..=32).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ConfigError::invalid(
+                name,
+                "must be 16–32 letters or digits",
+            ));
+        }
     }
-    let aes = app.encoding_aes_key.expose_secret();
-    if aes.len() != 43 || !aes.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ConfigError::invalid(
-            key("encoding_aes_key"),
-            "must be exactly 43 letters or digits",
-        ));
+    let aes_keys = one_form(
+        i,
+        ("encoding_aes_key", &app.encoding_aes_key),
+        ("encoding_aes_keys", &app.encoding_aes_keys),
+    )?;
+    for (name, aes) in aes_keys {
+        if aes.len() != 43 || !aes.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ConfigError::invalid(
+                name,
+                "must be exactly 43 letters or digits",
+            ));
+        }
+        AesKey::from_encoding_aes_key(aes)
+            .map_err(|e| ConfigError::invalid(name, e.to_string()))?;
     }
-    AesKey::from_encoding_aes_key(aes)
-        .map_err(|e| ConfigError::invalid(key("encoding_aes_key"), e.to_string()))?;
     Ok(())
+}
+
+/// The entries of a secret given either single or as a rotation list, each with the key that names
+/// it in errors (`apps[0].tokens[1]`). Exactly one form must be given, a list without repeats.
+fn one_form<'a>(
+    i: usize,
+    (single_name, single): (&str, &'a SecretString),
+    (list_name, list): (&str, &'a [SecretString]),
+) -> Result<Vec<(String, &'a str)>, ConfigError> {
+    let single = single.expose_secret();
+    match (single.is_empty(), list.is_empty()) {
+        (false, true) => Ok(vec![(format!("apps[{i}].{single_name}"), single)]),
+        (false, false) => Err(ConfigError::invalid(
+            format!("apps[{i}].{list_name}"),
+            format!(
+                "is set together with `{single_name}`: give one of them (the list for a rotation, new first)"
+            ),
+        )),
+        (true, true) => Err(ConfigError::invalid(
+            format!("apps[{i}].{single_name}"),
+            format!("must be set (or `{list_name}`, a list for a rotation)"),
+        )),
+        (true, false) => {
+            if list.len() > MAX_ROTATION_ENTRIES {
+                return Err(ConfigError::invalid(
+                    format!("apps[{i}].{list_name}"),
+                    format!(
+                        "may hold at most {MAX_ROTATION_ENTRIES} entries (new first, then the old ones still in overlap)"
+                    ),
+                ));
+            }
+            let mut entries: Vec<(String, &str)> = Vec::with_capacity(list.len());
+            for (j, secret) in list.iter().enumerate() {
+                let value = secret.expose_secret();
+                let name = format!("apps[{i}].{list_name}[{j}]");
+                if entries.iter().any(|(_, seen)| *seen == value) {
+                    return Err(ConfigError::invalid(name, "repeats an earlier entry"));
+                }
+                entries.push((name, value));
+            }
+            Ok(entries)
+        }
+    }
 }
 
 /// App ids and event types become AMQP routing-key words, so they may not contain `.`, `*` or `#`.
@@ -553,6 +718,12 @@ mod tests {
             ),
             ("WEILING_RELAY__WINDOW__MAX_IDS", "101", "window.max_ids"),
             ("WEILING_RELAY__AMQP__URL", "http://x", "amqp.url"),
+            ("WEILING_RELAY__AMQP__URL", "amqps://h/%2f", "amqp.url"),
+            (
+                "WEILING_RELAY__AMQP__INBOX_PARTITIONS",
+                "4",
+                "amqp.inbox_partitions",
+            ),
             ("WEILING_RELAY__AMQP__PREFETCH", "50", "amqp.prefetch"),
             (
                 "WEILING_RELAY__SECURITY__REPLAY_WINDOW_S",
@@ -624,6 +795,137 @@ mod tests {
         for secret in ["s3cr3t-app", TOKEN, AES, "rec0rdk3y", "hunter2pw"] {
             assert!(!debug.contains(secret), "secret leaked into Debug output");
         }
+    }
+
+    const TOKEN2: &str = "N3wTok3nN3wTok3nN3w";
+    const AES2: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+
+    fn app_file(body: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wr-config-rot-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("relay.toml");
+        std::fs::write(
+            &file,
+            format!("[[apps]]\napp_id = \"wloaA\"\napp_secret = \"x\"\n{body}"),
+        )
+        .unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn rotation_lists_load_newest_first_and_are_masked() {
+        let (dir, file) = app_file(&format!(
+            "tokens = [\"{TOKEN2}\", \"{TOKEN}\"]\nencoding_aes_keys = [\"{AES2}\", \"{AES}\"]\n"
+        ));
+        let s = Settings::load(Some(&file), &HashMap::new()).unwrap();
+        let app = &s.apps[0];
+        let tokens: Vec<&str> = app
+            .callback_tokens()
+            .iter()
+            .map(|t| t.expose_secret())
+            .collect();
+        assert_eq!(tokens, [TOKEN2, TOKEN]);
+        let keys: Vec<&str> = app.aes_keys().iter().map(|k| k.expose_secret()).collect();
+        assert_eq!(keys, [AES2, AES]);
+        let out = s.to_masked_toml();
+        for secret in [TOKEN, TOKEN2, AES, AES2] {
+            assert!(!out.contains(secret), "a rotation entry leaked: {out}");
+        }
+        assert!(
+            out.contains("tokens = [\n    \"********\",\n    \"********\",\n]"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("token = \"\""),
+            "the unused single form is not printed"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rotation_errors_name_the_key() {
+        let cases = [
+            (
+                format!(
+                    "token = \"{TOKEN}\"\ntokens = [\"{TOKEN2}\"]\nencoding_aes_key = \"{AES}\"\n"
+                ),
+                "apps[0].tokens",
+            ),
+            (format!("encoding_aes_key = \"{AES}\"\n"), "apps[0].token"),
+            (
+                format!("tokens = []\nencoding_aes_key = \"{AES}\"\n"),
+                "apps[0].token",
+            ),
+            (
+                format!("tokens = [\"{TOKEN}\", \"short\"]\nencoding_aes_key = \"{AES}\"\n"),
+                "apps[0].tokens[1]",
+            ),
+            (
+                format!("tokens = [\"{TOKEN}\", \"{TOKEN}\"]\nencoding_aes_key = \"{AES}\"\n"),
+                "apps[0].tokens[1]",
+            ),
+            (
+                format!("token = \"{TOKEN}\"\nencoding_aes_keys = [\"{AES}\", \"tooshort\"]\n"),
+                "apps[0].encoding_aes_keys[1]",
+            ),
+            (
+                format!(
+                    "token = \"{TOKEN}\"\nencoding_aes_key = \"{AES}\"\nencoding_aes_keys = [\"{AES2}\"]\n"
+                ),
+                "apps[0].encoding_aes_keys",
+            ),
+            (
+                format!(
+                    "token = \"{TOKEN}\"\nencoding_aes_keys = [\"{AES}\", \"{AES2}\", \"{}\", \"{}\", \"{}\"]\n",
+                    "a".repeat(43),
+                    "b".repeat(43),
+                    "c".repeat(43)
+                ),
+                "apps[0].encoding_aes_keys",
+            ),
+        ];
+        for (body, key) in cases {
+            let (dir, file) = app_file(&body);
+            let err = Settings::load(Some(&file), &HashMap::new()).unwrap_err();
+            assert_eq!(invalid_key(err), key, "{body}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_env_shortcut_takes_comma_separated_lists() {
+        let mut env = app_env();
+        env.insert("WEILING_RELAY_TOKEN".into(), format!("{TOKEN2}, {TOKEN}"));
+        env.insert(
+            "WEILING_RELAY_ENCODING_AES_KEY".into(),
+            format!("{AES2},{AES}"),
+        );
+        let s = Settings::load(None, &env).unwrap();
+        assert_eq!(s.apps[0].tokens.len(), 2);
+        assert_eq!(s.apps[0].aes_keys()[1].expose_secret(), AES);
+        let out = s.to_masked_toml();
+        assert!(!out.contains(TOKEN2) && !out.contains(AES2));
+
+        env.insert("WEILING_RELAY_TOKEN".into(), format!("{TOKEN2},short"));
+        let err = Settings::load(None, &env).unwrap_err();
+        assert_eq!(invalid_key(err), "apps[0].tokens[1]");
+    }
+
+    #[test]
+    fn rotating_in_a_key_keeps_the_old_one_second() {
+        let mut app = Settings::load(None, &app_env()).unwrap().apps.remove(0);
+        app.rotate_in_aes_key(SecretString::from(AES2));
+        app.rotate_in_token(SecretString::from(TOKEN2));
+        let keys: Vec<&str> = app.aes_keys().iter().map(|k| k.expose_secret()).collect();
+        assert_eq!(keys, [AES2, AES]);
+        assert_eq!(app.callback_tokens().len(), 2);
+        assert!(app.token.expose_secret().is_empty());
+        assert!(validate_app(0, &app).is_ok());
     }
 
     #[test]

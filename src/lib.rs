@@ -7,11 +7,13 @@
 pub mod ack;
 pub mod amqp;
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod enrich;
 pub mod extract;
 pub mod metrics;
+pub mod ops;
 pub mod persist;
 pub mod publish;
 pub mod receive;

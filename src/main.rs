@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weiling_relay::app::Relay;
 use weiling_relay::config::Settings;
-use weiling_relay::{demo, simulator, telemetry};
+use weiling_relay::{bench, demo, ops, simulator, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -37,12 +37,27 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The Weiling simulator on its own (token and batch endpoints, callback sender).
     Sim(simulator::cli::SimArgs),
+    /// Measure the relay against the machine's own ceiling; writes DIR/results.md and results.json.
+    Bench(bench::BenchArgs),
+    /// Re-fetch the listed customers through the enrichment path and publish them (resumable).
+    Reconcile(ops::reconcile::ReconcileArgs),
+    /// Dead-letter queue tools: `dlq replay` re-processes dead letters after a configuration fix.
+    Dlq {
+        #[command(subcommand)]
+        command: ops::DlqCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    telemetry::init(env.get("RUST_LOG").map(String::as_str));
+    // The bench prints its own progress; the servers' info lines would only bury it.
+    let quiet = matches!(
+        cli.command,
+        Command::Bench(_) | Command::Reconcile(_) | Command::Dlq { .. }
+    )
+    .then_some("warn,lapin=error,amq_protocol=error");
+    telemetry::init(env.get("RUST_LOG").map(String::as_str).or(quiet));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,6 +73,26 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(settings))
         }
         Command::Sim(args) => Ok(runtime.block_on(simulator::cli::run(args))?),
+        Command::Bench(args) => {
+            if !runtime.block_on(bench::run(args))? {
+                anyhow::bail!("the bench found problems; see the end of its output");
+            }
+            Ok(())
+        }
+        Command::Reconcile(args) => {
+            if !runtime.block_on(ops::reconcile::run_cli(args, &env))? {
+                anyhow::bail!("reconcile did not publish every id (see the summary)");
+            }
+            Ok(())
+        }
+        Command::Dlq {
+            command: ops::DlqCommand::Replay(args),
+        } => {
+            if !runtime.block_on(ops::dlq_replay::run_cli(args, &env))? {
+                anyhow::bail!("dead letters still fail (see the summary)");
+            }
+            Ok(())
+        }
         Command::Demo(args) => {
             let ok = runtime.block_on(demo::run(args))?;
             if !ok {

@@ -1,7 +1,9 @@
 //! `weiling-relay demo`: the simulator, the relay and a checking consumer on the local RabbitMQ; a burst
 //! of customer changes through real callbacks, with token expiry, a rate-limit spell and 5xx faults;
-//! a summary table. Exits non-zero if anything acknowledged was lost.
+//! then the repair steps (a reconcile, and a key rotation fixed by a dead-letter replay); a summary
+//! table. Exits non-zero if anything acknowledged was lost or a repair step failed.
 
+pub mod repair;
 pub mod scenario;
 
 use std::time::Duration;
@@ -59,10 +61,13 @@ pub async fn run(args: DemoArgs) -> Result<bool, ScenarioError> {
     let scenario = Scenario::start(&amqp_url, &config.relay_env).await?;
     let report = scenario.drive(&config).await;
     let (forged_401, dead_letters) = edge_checks(&scenario).await?;
+    // Must follow edge_checks: the replay meets its wrong-key letters and must leave them failing.
+    let repair = repair::run(&scenario).await;
     scenario.finish().await?;
 
-    print_summary(&report, forged_401, dead_letters);
-    let ok = report.ok() && forged_401 == FORGED && dead_letters == WRONG_KEY;
+    print_summary(&report, forged_401, dead_letters, &repair.rows(WRONG_KEY));
+    let ok =
+        report.ok() && forged_401 == FORGED && dead_letters == WRONG_KEY && repair.ok(WRONG_KEY);
     println!(
         "\n{}",
         if ok {
@@ -155,7 +160,12 @@ async fn post(
     .map_or(0, |r| r.status().as_u16())
 }
 
-fn print_summary(r: &Report, forged_401: usize, dead_letters: usize) {
+fn print_summary(
+    r: &Report,
+    forged_401: usize,
+    dead_letters: usize,
+    repair_rows: &[(&'static str, String)],
+) {
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
     let rows = [
         (
@@ -255,7 +265,7 @@ fn print_summary(r: &Report, forged_401: usize, dead_letters: usize) {
         ),
     ];
     println!("\n| measure | value |\n|---|---|");
-    for (name, value) in rows {
+    for (name, value) in rows.iter().chain(repair_rows) {
         println!("| {name} | {value} |");
     }
 }

@@ -27,7 +27,9 @@ fn app(secret: &str) -> AppSettings {
         app_id: APP_ID.to_owned(),
         app_secret: SecretString::from(secret),
         token: SecretString::from("Tok3nTok3nTok3nTok3n"),
+        tokens: Vec::new(),
         encoding_aes_key: SecretString::from("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"),
+        encoding_aes_keys: Vec::new(),
         check_receive_id: true,
     }
 }

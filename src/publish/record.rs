@@ -36,6 +36,10 @@ struct Source<'a> {
     events: u32,
     event_types: Vec<&'a str>,
     first_event_at: u64,
+    /// Present (true) only on records `weiling-relay reconcile` published: an addition to the v1
+    /// shape, so consumers that ignore unknown fields are unaffected.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reconcile: bool,
 }
 
 #[derive(Serialize)]
@@ -86,6 +90,26 @@ pub fn message(
     r: &CustomerRecord<'_>,
     sign_key: Option<&SecretString>,
 ) -> Outgoing {
+    build(exchange, r, sign_key, false)
+}
+
+/// A record re-fetched by `reconcile` rather than named by events: the same message, with
+/// `"reconcile": true` in its `source`. The `message_id` stays the content hash, so a reconciled
+/// state equal to one already delivered deduplicates against it.
+pub fn reconcile_message(
+    exchange: &str,
+    r: &CustomerRecord<'_>,
+    sign_key: Option<&SecretString>,
+) -> Outgoing {
+    build(exchange, r, sign_key, true)
+}
+
+fn build(
+    exchange: &str,
+    r: &CustomerRecord<'_>,
+    sign_key: Option<&SecretString>,
+    reconcile: bool,
+) -> Outgoing {
     let body = Body {
         schema: SCHEMA,
         op: r.op.as_str(),
@@ -96,6 +120,7 @@ pub fn message(
             events: r.source.events,
             event_types: r.source.event_types.iter().map(String::as_str).collect(),
             first_event_at: r.source.first_event_at_ms,
+            reconcile,
         },
         record: r.record,
     };
@@ -200,6 +225,36 @@ mod tests {
                 .get("x-signature")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_reconciled_record_says_so_and_keeps_the_content_hash_id() {
+        let record = json!({"customer_id": "c1"});
+        let src = IdSource {
+            events: 0,
+            event_types: ["reconcile".to_owned()].into(),
+            first_event_at_ms: 7,
+            deliveries: Vec::new(),
+        };
+        let r = CustomerRecord {
+            app_id: "wloa1",
+            customer_id: "c1",
+            op: Op::Upsert,
+            record: Some(&record),
+            source: &src,
+            fetched_at_ms: 9,
+        };
+        let out = reconcile_message("ex", &r, None);
+        let body: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            body["source"],
+            json!({"events": 0, "event_types": ["reconcile"], "first_event_at": 7, "reconcile": true})
+        );
+        assert_eq!(
+            out.properties.message_id(),
+            message("ex", &r, None).properties.message_id()
+        );
+        assert_eq!(out.routing_key, "customer.wloa1.upsert");
     }
 
     #[test]

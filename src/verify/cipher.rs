@@ -59,6 +59,8 @@ pub enum KeyError {
     Length,
     #[error("EncodingAESKey is not valid base64")]
     Base64,
+    #[error("an app needs at least one Token and one EncodingAESKey")]
+    Missing,
 }
 
 /// A decrypted callback body. `receive_id` is the CorpID / suite id the sender addressed;

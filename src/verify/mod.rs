@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-pub use apps::{AppKeys, Apps};
+pub use apps::{AppKeys, Apps, OpenError};
 pub use query::CallbackQuery;
 
 /// Why a request is refused before anything is stored. The HTTP edge maps these to 400 and 401 with
@@ -175,12 +175,60 @@ impl Verifier {
         path_app: Option<&str>,
         now: SystemTime,
     ) -> Result<Verified, Rejection> {
-        let envelope: Envelope = serde_json::from_slice(body)
-            .map_err(|_| Rejection::BadRequest("body is not the {to_app, encrypt_msg} envelope"))?;
+        let envelope = parse_envelope(body)?;
         if path_app.is_some_and(|p| p != envelope.to_app) {
             return Err(Rejection::Unauthorized("path app differs from to_app"));
         }
         self.check_timestamp(&query.timestamp, now)?;
+        self.open_envelope(query, &envelope, body, unix_ms(now))
+    }
+
+    /// Verifies a dead letter again (`dlq replay`): the same signature and decryption checks as
+    /// [`Self::verify_post`] with the current Tokens and keys, but no timestamp tolerance, since the
+    /// letter is old by nature and its signature still proves who sent it. The replay cache is not
+    /// consulted either: the letter was admitted once already. `app_id` is the letter's header and
+    /// must equal the envelope's `to_app`; `received_at_ms` is when the relay first received it.
+    pub fn verify_post_replay(
+        &self,
+        app_id: &str,
+        query: &CallbackQuery,
+        body: &[u8],
+        received_at_ms: u64,
+    ) -> Result<Verified, Rejection> {
+        let envelope = parse_envelope(body)?;
+        if envelope.to_app != app_id {
+            return Err(Rejection::Unauthorized("letter app differs from to_app"));
+        }
+        self.open_envelope(query, &envelope, body, received_at_ms)
+    }
+
+    /// Re-reads the decrypted text of a `json` dead letter with the current rules. Its signature was
+    /// verified when it was dead-lettered and cannot be checked again (the ciphertext is not kept), so
+    /// this trusts the dead-letter queue, which only the relay writes.
+    pub fn reread_json_letter(
+        &self,
+        app_id: &str,
+        decrypted: Vec<u8>,
+        received_at_ms: u64,
+    ) -> Result<VerifiedEvent, &'static str> {
+        let app = self.apps.get(app_id).ok_or("app is not configured")?;
+        let event_type = event_type_of(&decrypted)?;
+        Ok(verified_event(
+            app.app_id(),
+            event_type,
+            decrypted,
+            received_at_ms,
+        ))
+    }
+
+    /// Signature, then decryption (every key), then receive_id, then the JSON header.
+    fn open_envelope(
+        &self,
+        query: &CallbackQuery,
+        envelope: &Envelope,
+        body: &[u8],
+        received_at_ms: u64,
+    ) -> Result<Verified, Rejection> {
         let app = self
             .apps
             .get(&envelope.to_app)
@@ -188,7 +236,6 @@ impl Verifier {
         if !app.signature_matches(query, &envelope.encrypt_msg) {
             return Err(Rejection::Unauthorized("bad signature"));
         }
-        let received_at_ms = unix_ms(now);
         let undecodable = |reason, detail, body: Vec<u8>| {
             Verified::Undecodable(AuthenticUndecodable {
                 app_id: app.app_id().to_owned(),
@@ -199,40 +246,30 @@ impl Verifier {
                 received_at_ms,
             })
         };
-        let plain = match app.decrypt(&envelope.encrypt_msg) {
+        let plain = match app.open(&envelope.encrypt_msg) {
             Ok(plain) => plain,
-            Err(error) => {
+            Err(OpenError::Decrypt(error)) => {
                 return Ok(undecodable(
                     DeadLetterReason::Decrypt,
                     error.label(),
                     body.to_vec(),
                 ));
             }
-        };
-        if app.check_receive_id() && plain.receive_id != app.app_id().as_bytes() {
-            return Ok(undecodable(
-                DeadLetterReason::ReceiveId,
-                "receive_id differs from the app id",
-                body.to_vec(),
-            ));
-        }
-        match event_type_of(&plain.message) {
-            Ok(event_type) => {
-                let message_id = hex::encode(
-                    Sha256::new()
-                        .chain_update(app.app_id().as_bytes())
-                        .chain_update([0u8])
-                        .chain_update(&plain.message)
-                        .finalize(),
-                );
-                Ok(Verified::Event(VerifiedEvent {
-                    app_id: app.app_id().to_owned(),
-                    event_type,
-                    body: plain.message,
-                    received_at_ms,
-                    message_id,
-                }))
+            Err(OpenError::ReceiveId) => {
+                return Ok(undecodable(
+                    DeadLetterReason::ReceiveId,
+                    "receive_id differs from the app id",
+                    body.to_vec(),
+                ));
             }
+        };
+        match event_type_of(&plain.message) {
+            Ok(event_type) => Ok(Verified::Event(verified_event(
+                app.app_id(),
+                event_type,
+                plain.message,
+                received_at_ms,
+            ))),
             Err(detail) => Ok(undecodable(DeadLetterReason::Json, detail, plain.message)),
         }
     }
@@ -255,13 +292,11 @@ impl Verifier {
             .filter(|a| path_app.is_none_or(|p| p == a.app_id()))
             .find(|a| a.signature_matches(query, echostr))
             .ok_or(Rejection::Unauthorized("bad signature"))?;
-        let plain = app
-            .decrypt(echostr)
-            .map_err(|_| Rejection::Unauthorized("echostr does not decrypt"))?;
-        if app.check_receive_id() && plain.receive_id != app.app_id().as_bytes() {
-            return Err(Rejection::Unauthorized("echostr receive_id differs"));
+        match app.open(echostr) {
+            Ok(plain) => Ok(plain.message),
+            Err(OpenError::Decrypt(_)) => Err(Rejection::Unauthorized("echostr does not decrypt")),
+            Err(OpenError::ReceiveId) => Err(Rejection::Unauthorized("echostr receive_id differs")),
         }
-        Ok(plain.message)
     }
 
     /// Both directions are bounded: a timestamp far in the future is as suspicious as an old one.
@@ -276,6 +311,35 @@ impl Verifier {
             return Err(Rejection::Unauthorized("timestamp outside tolerance"));
         }
         Ok(())
+    }
+}
+
+fn parse_envelope(body: &[u8]) -> Result<Envelope, Rejection> {
+    serde_json::from_slice(body)
+        .map_err(|_| Rejection::BadRequest("body is not the {to_app, encrypt_msg} envelope"))
+}
+
+/// `message_id` is hex SHA-256 of app id and body, so a sender's retry (or a replayed dead letter) of
+/// the same event carries the same id as the original.
+fn verified_event(
+    app_id: &str,
+    event_type: String,
+    body: Vec<u8>,
+    received_at_ms: u64,
+) -> VerifiedEvent {
+    let message_id = hex::encode(
+        Sha256::new()
+            .chain_update(app_id.as_bytes())
+            .chain_update([0u8])
+            .chain_update(&body)
+            .finalize(),
+    );
+    VerifiedEvent {
+        app_id: app_id.to_owned(),
+        event_type,
+        body,
+        received_at_ms,
+        message_id,
     }
 }
 

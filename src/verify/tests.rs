@@ -226,6 +226,167 @@ fn url_verification_returns_the_plain_echostr() {
     ));
 }
 
+const TOKEN_NEW: &str = "N3wTok3nN3wTok3nN3w";
+const KEY_C: &str = "0123456789abcdefghijABCDEFGHIJklmnopqrstUVW";
+
+/// An app in the middle of a rotation: new Token and key first, the old ones still accepted.
+fn rotating() -> Verifier {
+    let app = AppKeys::with_rotation(
+        APP,
+        &[SecretString::from(TOKEN_NEW), SecretString::from(TOKEN)],
+        &[SecretString::from(KEY_B), SecretString::from(KEY_A)],
+        true,
+    )
+    .unwrap();
+    Verifier::new(Apps::new(vec![app]), 300)
+}
+
+fn sender(token: &str, key: &str) -> AppKeys {
+    AppKeys::new(
+        APP,
+        &SecretString::from(token),
+        &SecretString::from(key),
+        true,
+    )
+    .unwrap()
+}
+
+#[test]
+fn during_a_rotation_old_and_new_tokens_and_keys_are_all_accepted() {
+    for (token, key) in [
+        (TOKEN, KEY_A),
+        (TOKEN_NEW, KEY_B),
+        (TOKEN_NEW, KEY_A),
+        (TOKEN, KEY_B),
+    ] {
+        let sealed = seal_event(&sender(token, key), EVENT, &ts(0), "n1");
+        let Ok(Verified::Event(event)) =
+            rotating().verify_post(&sealed.query, &sealed.body, None, now())
+        else {
+            panic!("token {token} with key {key} should be accepted")
+        };
+        assert_eq!(event.body(), EVENT);
+        let echo = seal_echostr(&sender(token, key), b"echo", &ts(0), "n2");
+        assert_eq!(rotating().verify_get(&echo, None, now()).unwrap(), b"echo");
+    }
+}
+
+#[test]
+fn during_a_rotation_a_third_key_is_a_dead_letter_and_a_third_token_is_refused() {
+    let sealed = seal_event(&sender(TOKEN_NEW, KEY_C), EVENT, &ts(0), "n1");
+    match rotating().verify_post(&sealed.query, &sealed.body, None, now()) {
+        Ok(Verified::Undecodable(letter)) => assert_eq!(letter.reason(), DeadLetterReason::Decrypt),
+        other => panic!("expected a decrypt dead letter, got {other:?}"),
+    }
+    let sealed = seal_event(&sender("Th1rdTok3nTh1rdTok3n", KEY_A), EVENT, &ts(0), "n1");
+    assert!(matches!(
+        rotating().verify_post(&sealed.query, &sealed.body, None, now()),
+        Err(Rejection::Unauthorized(_))
+    ));
+}
+
+#[test]
+fn a_key_that_decrypts_for_another_receiver_does_not_stop_the_search() {
+    // The old key reads it, but only the new one yields this app's receive_id: the new one wins.
+    let ciphertext = sender(TOKEN, KEY_A).key().encrypt(EVENT, APP);
+    let app = AppKeys::with_rotation(
+        APP,
+        &[SecretString::from(TOKEN)],
+        &[SecretString::from(KEY_B), SecretString::from(KEY_A)],
+        true,
+    )
+    .unwrap();
+    assert_eq!(app.open(&ciphertext).unwrap().message, EVENT);
+    let foreign = sender(TOKEN, KEY_A).key().encrypt(EVENT, "wloaSOMEONEELSE");
+    assert_eq!(app.open(&foreign), Err(OpenError::ReceiveId));
+    let unreadable = sender(TOKEN, KEY_C).key().encrypt(EVENT, APP);
+    assert!(matches!(app.open(&unreadable), Err(OpenError::Decrypt(_))));
+}
+
+#[test]
+fn senders_use_the_newest_token_and_key() {
+    let app = AppKeys::with_rotation(
+        APP,
+        &[SecretString::from(TOKEN_NEW), SecretString::from(TOKEN)],
+        &[SecretString::from(KEY_B), SecretString::from(KEY_A)],
+        true,
+    )
+    .unwrap();
+    let sealed = seal_event(&app, EVENT, &ts(0), "n1");
+    let only_new = Verifier::new(Apps::new(vec![sender(TOKEN_NEW, KEY_B)]), 300);
+    assert!(matches!(
+        only_new.verify_post(&sealed.query, &sealed.body, None, now()),
+        Ok(Verified::Event(_))
+    ));
+    assert!(AppKeys::with_rotation(APP, &[], &[SecretString::from(KEY_A)], true).is_err());
+}
+
+#[test]
+fn a_replayed_dead_letter_is_verified_without_the_timestamp_tolerance() {
+    // Dead-lettered a day ago (wrong key); the relay now has the right one.
+    let day_old = ts(-86_400);
+    let sealed = seal_event(&sender(TOKEN, KEY_B), EVENT, &day_old, "n1");
+    assert!(matches!(
+        rotating().verify_post(&sealed.query, &sealed.body, None, now()),
+        Err(Rejection::Unauthorized("timestamp outside tolerance"))
+    ));
+    let received_at = (NOW_S - 86_400) * 1000;
+    let Ok(Verified::Event(event)) =
+        rotating().verify_post_replay(APP, &sealed.query, &sealed.body, received_at)
+    else {
+        panic!("the replay should read it")
+    };
+    assert_eq!(event.body(), EVENT);
+    assert_eq!(event.received_at_ms(), received_at);
+    let live = seal_event(&sender(TOKEN, KEY_B), EVENT, &ts(0), "n2");
+    let Ok(Verified::Event(live)) = rotating().verify_post(&live.query, &live.body, None, now())
+    else {
+        panic!("live copy")
+    };
+    assert_eq!(
+        event.message_id(),
+        live.message_id(),
+        "same event, same message_id"
+    );
+
+    // The signature is still checked, and the letter's app must be the envelope's.
+    let mut forged = sealed.query.clone();
+    forged.nonce = "n-other".into();
+    assert!(matches!(
+        rotating().verify_post_replay(APP, &forged, &sealed.body, received_at),
+        Err(Rejection::Unauthorized(_))
+    ));
+    assert!(matches!(
+        rotating().verify_post_replay("wloaOTHER", &sealed.query, &sealed.body, received_at),
+        Err(Rejection::Unauthorized(_))
+    ));
+    // Still unreadable with the current keys: a dead letter again.
+    let third = seal_event(&sender(TOKEN, KEY_C), EVENT, &day_old, "n3");
+    assert!(matches!(
+        rotating().verify_post_replay(APP, &third.query, &third.body, received_at),
+        Ok(Verified::Undecodable(_))
+    ));
+}
+
+#[test]
+fn a_json_letter_is_reread_with_the_current_rules() {
+    let event = verifier()
+        .reread_json_letter(APP, EVENT.to_vec(), 5)
+        .unwrap();
+    assert_eq!(event.event_type(), "add_customer");
+    assert_eq!(event.received_at_ms(), 5);
+    assert!(
+        verifier()
+            .reread_json_letter(APP, b"{not json".to_vec(), 5)
+            .is_err()
+    );
+    assert!(
+        verifier()
+            .reread_json_letter("wloaOTHER", EVENT.to_vec(), 5)
+            .is_err()
+    );
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
     #[test]

@@ -6,6 +6,7 @@
 mod broker_faults;
 mod helpers;
 mod operate;
+mod ops;
 mod pipeline;
 mod process;
 mod receive;
