@@ -1,19 +1,17 @@
 //! `TestApp`: a relay on port 0 with per-test AMQP names, a sender that seals callbacks like Weiling,
 //! and an inspector that reads the inbox and dead-letter queues. `teardown` deletes what a test made.
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::SecretString;
 use weiling_relay::app::Relay;
 use weiling_relay::config::Settings;
+use weiling_relay::demo::scenario::{self, relay_env};
 use weiling_relay::verify::AppKeys;
 use weiling_relay::verify::seal::{SealedCallback, seal_event};
 
@@ -81,42 +79,23 @@ pub async fn spawn_with(options: Spawn) -> TestApp {
     }
     let prefix = unique("relay");
     let app_id = format!("wloa{}", prefix.replace('-', ""));
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("WEILING_RELAY__SERVER__LISTEN".into(), "127.0.0.1:0".into()),
-        ("WEILING_RELAY__SERVER__WORKERS".into(), "2".into()),
-        ("WEILING_RELAY__AMQP__URL".into(), options.amqp_url.clone()),
-        (
-            "WEILING_RELAY__AMQP__INBOX_QUEUE".into(),
-            format!("{prefix}.inbox"),
-        ),
-        (
-            "WEILING_RELAY__AMQP__DEAD_LETTER_QUEUE".into(),
-            format!("{prefix}.dead"),
-        ),
-        (
-            "WEILING_RELAY__AMQP__EVENTS_EXCHANGE".into(),
-            format!("{prefix}.events"),
-        ),
-        (
-            "WEILING_RELAY__AMQP__CUSTOMERS_EXCHANGE".into(),
-            format!("{prefix}.customers"),
-        ),
-        (
-            "WEILING_RELAY__AMQP__UNROUTED_EXCHANGE".into(),
-            format!("{prefix}.unrouted"),
-        ),
-        (
-            "WEILING_RELAY__AMQP__RECONNECT_MAX_DELAY_MS".into(),
-            "500".into(),
-        ),
-        ("WEILING_RELAY__SERVER__DRAIN_GRACE_MS".into(), "0".into()),
+    let app = scenario::TestApp {
+        app_id: app_id.clone(),
+        app_secret: "test-app-secret".into(),
+        token: TOKEN.into(),
+        encoding_aes_key: AES_KEY.into(),
+    };
+    // Nothing here calls Weiling: the pipeline is off.
+    let mut env = relay_env(&prefix, &options.amqp_url, "http://127.0.0.1:9", &app);
+    for (key, value) in [
+        ("WEILING_RELAY__SERVER__WORKERS", "2"),
+        ("WEILING_RELAY__AMQP__RECONNECT_MAX_DELAY_MS", "500"),
+        ("WEILING_RELAY__SERVER__DRAIN_GRACE_MS", "0"),
         // These tests inspect the inbox itself, so nothing may consume it.
-        ("WEILING_RELAY__AMQP__CONSUME_INBOX".into(), "false".into()),
-        ("WEILING_RELAY_APP_ID".into(), app_id.clone()),
-        ("WEILING_RELAY_APP_SECRET".into(), "test-app-secret".into()),
-        ("WEILING_RELAY_TOKEN".into(), TOKEN.into()),
-        ("WEILING_RELAY_ENCODING_AES_KEY".into(), AES_KEY.into()),
-    ]);
+        ("WEILING_RELAY__AMQP__CONSUME_INBOX", "false"),
+    ] {
+        env.insert(key.into(), value.into());
+    }
     env.extend(options.env.iter().cloned());
     let settings = Settings::load(None, &env).expect("test settings are valid");
     let keys = AppKeys::new(
@@ -288,27 +267,8 @@ impl TestApp {
                 .expect("relay drains in time")
                 .expect("relay stops cleanly");
         }
-        let amqp = &self.settings.amqp;
-        for queue in [
-            &amqp.inbox_queue,
-            &amqp.dead_letter_queue,
-            &amqp.unrouted_exchange,
-        ] {
-            let _ = self
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            &amqp.customers_exchange,
-            &amqp.events_exchange,
-            &amqp.unrouted_exchange,
-        ] {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        // No checking queue here: deleting "" is a harmless no-op.
+        scenario::cleanup(&self.channel, &self.settings.amqp, "").await;
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }

@@ -139,41 +139,22 @@ impl ProcessRig {
 
         let prefix = unique(name);
         let port = free_port();
-        let env: HashMap<String, String> = HashMap::from([
-            (
-                "WEILING_RELAY__SERVER__LISTEN".into(),
-                format!("127.0.0.1:{port}"),
-            ),
-            ("WEILING_RELAY__AMQP__URL".into(), amqp_url.into()),
-            (
-                "WEILING_RELAY__AMQP__INBOX_QUEUE".into(),
-                format!("{prefix}.inbox"),
-            ),
-            (
-                "WEILING_RELAY__AMQP__DEAD_LETTER_QUEUE".into(),
-                format!("{prefix}.dead"),
-            ),
-            (
-                "WEILING_RELAY__AMQP__EVENTS_EXCHANGE".into(),
-                format!("{prefix}.events"),
-            ),
-            (
-                "WEILING_RELAY__AMQP__CUSTOMERS_EXCHANGE".into(),
-                format!("{prefix}.customers"),
-            ),
-            (
-                "WEILING_RELAY__AMQP__UNROUTED_EXCHANGE".into(),
-                format!("{prefix}.unrouted"),
-            ),
-            (
-                "WEILING_RELAY__WEILING__BASE_URL".into(),
-                format!("http://{sim_addr}"),
-            ),
-            ("WEILING_RELAY_APP_ID".into(), app_id.clone()),
-            ("WEILING_RELAY_APP_SECRET".into(), app_secret.clone()),
-            ("WEILING_RELAY_TOKEN".into(), TOKEN.into()),
-            ("WEILING_RELAY_ENCODING_AES_KEY".into(), AES_KEY.into()),
-        ]);
+        let app = weiling_relay::demo::scenario::TestApp {
+            app_id: app_id.clone(),
+            app_secret: app_secret.clone(),
+            token: TOKEN.into(),
+            encoding_aes_key: AES_KEY.into(),
+        };
+        let mut env = weiling_relay::demo::scenario::relay_env(
+            &prefix,
+            amqp_url,
+            &format!("http://{sim_addr}"),
+            &app,
+        );
+        env.insert(
+            "WEILING_RELAY__SERVER__LISTEN".into(),
+            format!("127.0.0.1:{port}"),
+        );
         let settings = weiling_relay::config::Settings::load(None, &env).unwrap();
         let connection =
             lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
@@ -315,30 +296,9 @@ impl ProcessRig {
     }
 
     pub async fn cleanup(self) {
-        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
         self.sim_server.stop(false).await;
-        let amqp = &self.settings.amqp;
-        for queue in [
-            self.check.as_str(),
-            &amqp.inbox_queue,
-            &amqp.dead_letter_queue,
-            &amqp.unrouted_exchange,
-        ] {
-            let _ = self
-                .channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            &amqp.customers_exchange,
-            &amqp.events_exchange,
-            &amqp.unrouted_exchange,
-        ] {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        weiling_relay::demo::scenario::cleanup(&self.channel, &self.settings.amqp, &self.check)
+            .await;
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }
