@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
+
+type Digest = [u8; 32];
 
 /// Outcome of the first request with a given key, shared with its exact copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +19,9 @@ enum Outcome {
 
 #[derive(Clone)]
 pub struct ReplayCache {
-    seen: Cache<String, Arc<watch::Sender<Outcome>>>,
+    /// Keyed by a digest of the replay key: a fixed 32 bytes instead of a ~100-byte string, since the
+    /// cache holds up to `replay_cache_capacity` entries.
+    seen: Cache<Digest, Arc<watch::Sender<Outcome>>>,
 }
 
 /// What the caller must do with a verified callback.
@@ -30,7 +35,7 @@ pub enum Admission {
 }
 
 pub struct FirstSighting {
-    key: String,
+    key: Digest,
     cache: ReplayCache,
     entry: Arc<watch::Sender<Outcome>>,
     stored: bool,
@@ -82,9 +87,10 @@ impl ReplayCache {
 
     /// Atomically claims `key`: concurrent identical requests get exactly one `First`.
     pub fn admit(&self, key: String) -> Admission {
+        let key: Digest = Sha256::digest(key.as_bytes()).into();
         let entry = self
             .seen
-            .entry(key.clone())
+            .entry(key)
             .or_insert_with(|| Arc::new(watch::channel(Outcome::Pending).0));
         let fresh = entry.is_fresh();
         let sender = entry.into_value();
