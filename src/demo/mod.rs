@@ -125,9 +125,9 @@ async fn edge_checks(scenario: &Scenario) -> Result<(usize, usize), ScenarioErro
         passive: true,
         ..QueueDeclareOptions::default()
     };
+    // The relay's own broker URL, so the check reads the queue the relay wrote.
     let connection = lapin::Connection::connect(
-        &std::env::var("WEILING_RELAY__AMQP__URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+        secrecy::ExposeSecret::expose_secret(&scenario.settings.amqp.url),
         lapin::ConnectionProperties::default(),
     )
     .await?;

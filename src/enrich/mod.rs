@@ -265,15 +265,16 @@ impl WeilingClient {
                 "weiling batch answer"
             );
 
-            let give_up = |last: String| {
+            // `permanent`: Weiling refused the request itself, so asking again later will not help.
+            let fail = |last: String, permanent: bool| {
                 let last = redact(last, &[app.secret.expose_secret(), token_str(&token)]);
-                warn!(app_id, ids = n, attempts, last = %last, "weiling batch call gave up");
-                EnrichError::GaveUp { attempts, last }
-            };
-            let rejected = |last: String| {
-                let last = redact(last, &[app.secret.expose_secret(), token_str(&token)]);
-                warn!(app_id, ids = n, attempts, last = %last, "weiling refused the batch call");
-                EnrichError::Rejected { attempts, last }
+                if permanent {
+                    warn!(app_id, ids = n, attempts, last = %last, "weiling refused the batch call");
+                    EnrichError::Rejected { attempts, last }
+                } else {
+                    warn!(app_id, ids = n, attempts, last = %last, "weiling batch call gave up");
+                    EnrichError::GaveUp { attempts, last }
+                }
             };
 
             let is_garbage = match decision {
@@ -325,22 +326,23 @@ impl WeilingClient {
                         );
                         continue;
                     }
-                    return Err(give_up(format!(
-                        "{detail}, still refused after a token refresh"
-                    )));
+                    return Err(fail(
+                        format!("{detail}, still refused after a token refresh"),
+                        false,
+                    ));
                 }
-                Decision::GiveUp if !is_garbage => return Err(rejected(detail)),
+                Decision::GiveUp if !is_garbage => return Err(fail(detail, true)),
                 _ if is_garbage => {
                     garbage = garbage.saturating_add(1);
                     if garbage > inner.options.garbage_retries {
-                        return Err(rejected(detail));
+                        return Err(fail(detail, true));
                     }
                 }
                 _ => {}
             }
 
             let Some(step) = backoff.next() else {
-                return Err(give_up(detail));
+                return Err(fail(detail, false));
             };
             let mut delay = step.min(inner.options.backoff_max);
             if let Some(ra) = answer.retry_after {
