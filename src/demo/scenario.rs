@@ -623,7 +623,11 @@ pub async fn cleanup(channel: &Channel, amqp: &AmqpSettings, check_queue: &str) 
         &amqp.inbox_queue,
         &amqp.dead_letter_queue,
         &amqp.unrouted_exchange,
-    ] {
+    ]
+    .into_iter()
+    // An empty name means "the last queue declared on this channel" to the broker; never send one.
+    .filter(|q| !q.is_empty())
+    {
         let _ = channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;
