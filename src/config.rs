@@ -7,6 +7,7 @@ use std::path::Path;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::entity::Entity;
 use crate::verify::cipher::AesKey;
 
 /// The documented defaults; compiled in so a relay started without a file still has every key.
@@ -219,23 +220,62 @@ fn is_empty_secret(secret: &SecretString) -> bool {
     secret.expose_secret().is_empty()
 }
 
-/// Where an event type carries customer ids: a plain list of JSON pointers, or pointers guarded by
-/// a condition (`{ ids = [...], when = { "/type" = 1 } }`).
+/// Where an event type carries the ids of the objects it changed: a plain list of JSON pointers (customer
+/// ids), or a table naming the entity and optionally guarding the pointers with a condition
+/// (`{ entity = "contact", ids = [...], when = { "/type" = 1 } }`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "RawEventMapping")]
 pub enum EventMapping {
     Pointers(Vec<String>),
     Conditional {
+        entity: Entity,
+        ids: Vec<String>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        when: BTreeMap<String, serde_json::Value>,
+    },
+}
+
+/// The file form, read before the entity name is checked: an untagged enum alone would answer a
+/// mistyped entity with "did not match any variant".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawEventMapping {
+    Pointers(Vec<String>),
+    Table {
+        #[serde(default)]
+        entity: Option<String>,
         ids: Vec<String>,
         #[serde(default)]
         when: BTreeMap<String, serde_json::Value>,
     },
 }
 
+impl TryFrom<RawEventMapping> for EventMapping {
+    type Error = String;
+
+    fn try_from(raw: RawEventMapping) -> Result<Self, Self::Error> {
+        Ok(match raw {
+            RawEventMapping::Pointers(ids) => Self::Pointers(ids),
+            RawEventMapping::Table { entity, ids, when } => Self::Conditional {
+                entity: entity.as_deref().map_or(Ok(Entity::Customer), str::parse)?,
+                ids,
+                when,
+            },
+        })
+    }
+}
+
 impl EventMapping {
     pub fn pointers(&self) -> &[String] {
         match self {
             Self::Pointers(ids) | Self::Conditional { ids, .. } => ids,
+        }
+    }
+
+    pub fn entity(&self) -> Entity {
+        match self {
+            Self::Pointers(_) => Entity::Customer,
+            Self::Conditional { entity, .. } => *entity,
         }
     }
 }
@@ -648,6 +688,7 @@ mod tests {
         assert_eq!(
             s.events.get("progress_add"),
             Some(&EventMapping::Conditional {
+                entity: Entity::Customer,
                 ids: vec!["/business_related_id".into()],
                 when: BTreeMap::from([("/type".into(), serde_json::json!(1))]),
             })
@@ -895,6 +936,26 @@ mod tests {
             assert_eq!(invalid_key(err), key, "{body}");
             std::fs::remove_dir_all(dir).unwrap();
         }
+    }
+
+    #[test]
+    fn event_mappings_name_their_entity_and_a_mistyped_one_is_named_in_the_error() {
+        let s = Settings::load(None, &app_env()).unwrap();
+        assert_eq!(s.events["contact_update"].entity(), Entity::Contact);
+        assert_eq!(s.events["add_customer"].entity(), Entity::Customer);
+        assert_eq!(s.events["progress_add"].entity(), Entity::Customer);
+
+        let (dir, file) = app_file(&format!(
+            "token = \"{TOKEN}\"\nencoding_aes_key = \"{AES}\"\n\n[events]\nlead_add = {{ entity = \"lead\", ids = [\"/lead_id\"] }}\n"
+        ));
+        let err = Settings::load(Some(&file), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown entity \"lead\"") && err.contains("events.lead_add"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

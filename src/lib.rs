@@ -11,6 +11,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod entity;
 pub mod extract;
 pub mod metrics;
 pub mod ops;

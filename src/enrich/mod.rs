@@ -1,6 +1,6 @@
 //! Stage 6: one Weiling batch call per window flush (token, rate limit, retries, circuit breaker).
 //!
-//! [`WeilingClient::fetch_customers`] is the only entry point. Per app it owns a [`TokenCache`]
+//! [`WeilingClient::fetch`] is the only entry point (customers or contacts, one code path). Per app it owns a [`TokenCache`]
 //! (single-flight refresh), a governor rate limiter (small burst), a [`Breaker`], and a hold-off
 //! instant set by `Retry-After`. What to do with each answer is decided by [`policy::classify`].
 
@@ -28,15 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::{AppSettings, WeilingSettings};
+use crate::entity::Entity;
 
 pub use breaker::{Breaker, BreakerState};
 pub use policy::{Decision, TRANSPORT_ERROR, classify};
 pub use token::{AccessToken, TokenCache, TokenError};
 
 use wire::BodyError;
-
-/// Weiling's batch path, relative to `base_url`.
-pub const BATCH_PATH: &str = "/openapi/customer/batch";
 
 /// Weiling's batch cap (weiling-api.md §4: assumed 100; more is answered with code 1012).
 pub const MAX_BATCH_IDS: usize = 100;
@@ -75,7 +73,7 @@ impl Default for ClientOptions {
 /// What one batch call found: records in request order, and the requested ids Weiling left out.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fetched {
-    /// (customer_id, record exactly as returned).
+    /// (id, record exactly as returned).
     pub records: Vec<(String, Value)>,
     pub missing: Vec<String>,
 }
@@ -91,7 +89,7 @@ pub enum EnrichError {
     /// again later will not help, so the inputs are parked instead of retried.
     #[error("Weiling refused the batch call after {attempts} attempt(s): {last}")]
     Rejected { attempts: u32, last: String },
-    #[error("more than {MAX_BATCH_IDS} distinct customer ids in one batch")]
+    #[error("more than {MAX_BATCH_IDS} distinct ids in one batch")]
     TooManyIds,
     #[error("cancelled")]
     Cancelled,
@@ -107,7 +105,8 @@ pub struct WeilingClient {
 
 struct Inner {
     http: reqwest::Client,
-    batch_url: String,
+    /// Without a trailing slash; each entity's batch path is appended.
+    base_url: String,
     apps: HashMap<String, AppState>,
     auth_codes: Vec<i64>,
     rate_codes: Vec<i64>,
@@ -131,7 +130,7 @@ impl std::fmt::Debug for WeilingClient {
         let mut apps: Vec<&str> = self.inner.apps.keys().map(String::as_str).collect();
         apps.sort_unstable();
         f.debug_struct("WeilingClient")
-            .field("batch_url", &self.inner.batch_url)
+            .field("base_url", &self.inner.base_url)
             .field("apps", &apps)
             .finish_non_exhaustive()
     }
@@ -202,7 +201,7 @@ impl WeilingClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                batch_url: format!("{base}{BATCH_PATH}"),
+                base_url: base.to_owned(),
                 apps,
                 auth_codes: settings.auth_error_codes.clone(),
                 rate_codes: settings.rate_limit_codes.clone(),
@@ -217,14 +216,25 @@ impl WeilingClient {
         self.inner.apps.get(app_id).map(|a| a.breaker.state())
     }
 
+    /// [`Self::fetch`] for customers (`customer/batch`).
+    pub async fn fetch_customers(
+        &self,
+        app_id: &str,
+        ids: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, EnrichError> {
+        self.fetch(app_id, Entity::Customer, ids, cancel).await
+    }
+
     /// One POST per call (more than [`MAX_BATCH_IDS`] distinct ids is refused; duplicates are
     /// asked once; no ids means no call). Waits for the breaker, any Retry-After hold-off and the
     /// rate limiter; refreshes the token and retries once on an auth code; backs off with jitter
     /// on rate-limit codes, HTTP 429/5xx, transport errors and (a few times) garbage, up to
     /// `max_retries`; gives up on anything else.
-    pub async fn fetch_customers(
+    pub async fn fetch(
         &self,
         app_id: &str,
+        entity: Entity,
         ids: &[String],
         cancel: &CancellationToken,
     ) -> Result<Fetched, EnrichError> {
@@ -254,9 +264,10 @@ impl WeilingClient {
                 answer,
                 token,
                 decision,
-            } = inner.attempt(app, &requested, cancel).await?;
+            } = inner.attempt(app, entity, &requested, cancel).await?;
             debug!(
                 app_id,
+                entity = entity.as_str(),
                 ids = n,
                 attempt = attempts,
                 status = answer.status,
@@ -282,7 +293,7 @@ impl WeilingClient {
                     let parsed = answer
                         .body
                         .as_ref()
-                        .and_then(|b| wire::customer_records(b, &requested));
+                        .and_then(|b| wire::records(b, entity, &requested));
                     if let Some(fetched) = parsed {
                         permit.success();
                         debug!(
@@ -301,7 +312,10 @@ impl WeilingClient {
                 _ => false,
             };
             let detail = if is_garbage && decision == Decision::Done {
-                "answer with code 0 but an unusable data.customer_list".to_owned()
+                format!(
+                    "answer with code 0 but an unusable data.{}",
+                    entity.list_field()
+                )
             } else {
                 answer.detail.clone()
             };
@@ -370,12 +384,14 @@ impl Inner {
     async fn attempt(
         &self,
         app: &AppState,
+        entity: Entity,
         requested: &[String],
         cancel: &CancellationToken,
     ) -> Result<Attempt, EnrichError> {
         match cancellable(cancel, app.tokens.get()).await? {
             Ok(token) => {
-                let answer = cancellable(cancel, self.post_batch(&token, requested)).await?;
+                let answer =
+                    cancellable(cancel, self.post_batch(&token, entity, requested)).await?;
                 let decision = classify(
                     answer.status,
                     answer.code,
@@ -418,12 +434,14 @@ impl Inner {
             .with_max_times(usize::try_from(self.max_retries).unwrap_or(usize::MAX))
     }
 
-    async fn post_batch(&self, token: &AccessToken, ids: &[String]) -> Answer {
+    async fn post_batch(&self, token: &AccessToken, entity: Entity, ids: &[String]) -> Answer {
+        let mut body = serde_json::Map::new();
+        body.insert(entity.ids_field().to_owned(), json!(ids));
         let request = self
             .http
-            .post(&self.batch_url)
+            .post(format!("{}{}", self.base_url, entity.batch_path()))
             .query(&[("access_token", token.expose())])
-            .json(&json!({ "customer_ids": ids }));
+            .json(&body);
         let exchange = async {
             let resp = match request.send().await {
                 Ok(resp) => resp,
@@ -469,7 +487,7 @@ impl Inner {
             Err(_) => transport("timed out".to_owned()),
         };
         crate::metrics::weiling_request(
-            "customer/batch",
+            entity.batch_endpoint(),
             &answer_label(&answer),
             started.elapsed(),
         );

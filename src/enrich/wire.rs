@@ -9,6 +9,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
 use super::Fetched;
+use crate::entity::Entity;
 
 /// A hostile or confused Retry-After must not park an app for hours; five minutes is already far
 /// beyond any documented Weiling limit window.
@@ -95,11 +96,11 @@ pub(crate) fn describe_transport(e: &reqwest::Error) -> String {
 }
 
 /// Records from a `code == 0` batch answer, keyed back to the requested ids (in request order).
-/// `None` means the schema is wrong (data or customer_list of the wrong type): garbage.
-pub(crate) fn customer_records(body: &Value, requested: &[String]) -> Option<Fetched> {
+/// `None` means the schema is wrong (data or the entity's list of the wrong type): garbage.
+pub(crate) fn records(body: &Value, entity: Entity, requested: &[String]) -> Option<Fetched> {
     let list: &[Value] = match body.get("data") {
         None | Some(Value::Null) => &[],
-        Some(Value::Object(data)) => match data.get("customer_list") {
+        Some(Value::Object(data)) => match data.get(entity.list_field()) {
             None | Some(Value::Null) => &[],
             Some(Value::Array(list)) => list,
             Some(_) => return None,
@@ -109,7 +110,7 @@ pub(crate) fn customer_records(body: &Value, requested: &[String]) -> Option<Fet
     let mut by_id: std::collections::HashMap<&str, &Value> = std::collections::HashMap::new();
     for record in list {
         // A record without a usable id cannot be matched to a request, so it is dropped.
-        if let Some(id) = record.get("customer_id").and_then(Value::as_str) {
+        if let Some(id) = record.get(entity.id_field()).and_then(Value::as_str) {
             by_id.entry(id).or_insert(record);
         }
     }
@@ -167,7 +168,7 @@ mod tests {
             {"customer_id": "a", "name": "A"},
             {"customer_id": "a", "name": "A again"},
         ]}});
-        let Fetched { records, missing } = customer_records(&body, &ids).unwrap();
+        let Fetched { records, missing } = records(&body, Entity::Customer, &ids).unwrap();
         assert_eq!(
             records,
             vec![
@@ -179,6 +180,24 @@ mod tests {
     }
 
     #[test]
+    fn contacts_are_read_from_contact_list_by_contact_id() {
+        let ids = vec!["k1".to_owned(), "k2".to_owned()];
+        let body = json!({"code": 0, "data": {
+            "contact_list": [{"contact_id": "k2", "user_name": "B"}],
+            "customer_list": [{"customer_id": "k1"}],
+        }});
+        let Fetched { records, missing } = records(&body, Entity::Contact, &ids).unwrap();
+        assert_eq!(
+            records,
+            vec![(
+                "k2".to_owned(),
+                json!({"contact_id": "k2", "user_name": "B"})
+            )]
+        );
+        assert_eq!(missing, vec!["k1".to_owned()]);
+    }
+
+    #[test]
     fn absent_list_is_empty_but_wrong_types_are_garbage() {
         let ids = vec!["a".to_owned()];
         for body in [
@@ -186,13 +205,18 @@ mod tests {
             json!({"code": 0, "data": {}}),
             json!({"code": 0, "data": null}),
         ] {
-            let Fetched { records, missing } = customer_records(&body, &ids).unwrap();
+            let Fetched { records, missing } = records(&body, Entity::Customer, &ids).unwrap();
             assert!(records.is_empty());
             assert_eq!(missing, ids);
         }
-        assert!(customer_records(&json!({"code": 0, "data": "x"}), &ids).is_none());
+        assert!(records(&json!({"code": 0, "data": "x"}), Entity::Customer, &ids).is_none());
         assert!(
-            customer_records(&json!({"code": 0, "data": {"customer_list": {}}}), &ids).is_none()
+            records(
+                &json!({"code": 0, "data": {"customer_list": {}}}),
+                Entity::Customer,
+                &ids
+            )
+            .is_none()
         );
     }
 }

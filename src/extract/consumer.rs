@@ -1,5 +1,5 @@
 //! The inbox consumer and pipeline driver: deliveries → ids → windows (timer-driven flushes) → enrich
-//! and publish → acks. Manual acks only after every named customer is confirmed downstream.
+//! and publish → acks. Manual acks only after every named customer or contact is confirmed downstream.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -238,7 +238,7 @@ impl<'a> Driver<'a> {
         self.busy_apps.insert(flush.app_id.clone(), VecDeque::new());
         let sink = self.pipeline.sink.clone();
         let abort = self.abort.clone();
-        let span = info_span!("flush", app_id = %flush.app_id, reason = flush.reason.as_str(), ids = flush.ids.len());
+        let span = info_span!("flush", app_id = %flush.app_id, entity = flush.entity.as_str(), reason = flush.reason.as_str(), ids = flush.ids.len());
         self.flushes
             .spawn(async move { flush::run(flush, &sink, &abort).await }.instrument(span));
     }
@@ -264,7 +264,7 @@ impl<'a> Driver<'a> {
                 crate::metrics::event_without_customers();
                 self.ack(tag).await
             }
-            Extracted::Ids(ids) => {
+            Extracted::Ids(entity, ids) => {
                 self.tracker.expect(tag, ids.len());
                 let now = Instant::now();
                 for id in ids {
@@ -273,7 +273,9 @@ impl<'a> Driver<'a> {
                         event_type: event.event_type.clone(),
                         received_at_ms: event.received_at_ms,
                     };
-                    if let Some(full) = self.coalescer.insert(&event.app_id, &id, contribution, now)
+                    if let Some(full) =
+                        self.coalescer
+                            .insert(&event.app_id, entity, &id, contribution, now)
                     {
                         self.start_flush(full);
                     }

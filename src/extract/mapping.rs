@@ -1,10 +1,12 @@
-//! event_type → affected customer ids, from the `[events]` table of JSON pointers and conditions.
+//! event_type → the entity it changed and the affected ids, from the `[events]` table of JSON pointers
+//! and conditions.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
 use crate::config::EventMapping;
+use crate::entity::Entity;
 
 /// What an inbox event means for the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,11 +15,12 @@ pub enum Extracted {
     Unmapped,
     /// The type is mapped but this event carries no id (a condition did not hold, or the field is absent).
     NoIds,
-    /// Distinct customer ids, in the order found.
-    Ids(Vec<String>),
+    /// Distinct ids of the configured entity, in the order found.
+    Ids(Entity, Vec<String>),
 }
 
 struct Rule {
+    entity: Entity,
     ids: Vec<String>,
     when: BTreeMap<String, Value>,
 }
@@ -31,15 +34,14 @@ impl Mapping {
         let rules = events
             .iter()
             .map(|(event_type, mapping)| {
-                let rule = match mapping {
-                    EventMapping::Pointers(ids) => Rule {
-                        ids: ids.clone(),
-                        when: BTreeMap::new(),
-                    },
-                    EventMapping::Conditional { ids, when } => Rule {
-                        ids: ids.clone(),
-                        when: when.clone(),
-                    },
+                let when = match mapping {
+                    EventMapping::Pointers(_) => BTreeMap::new(),
+                    EventMapping::Conditional { when, .. } => when.clone(),
+                };
+                let rule = Rule {
+                    entity: mapping.entity(),
+                    ids: mapping.pointers().to_vec(),
+                    when,
                 };
                 (event_type.clone(), rule)
             })
@@ -81,7 +83,7 @@ impl Mapping {
         if ids.is_empty() {
             Extracted::NoIds
         } else {
-            Extracted::Ids(ids)
+            Extracted::Ids(rule.entity, ids)
         }
     }
 }
@@ -136,11 +138,28 @@ mod tests {
             (
                 "progress_add".to_owned(),
                 EventMapping::Conditional {
+                    entity: Entity::Customer,
                     ids: vec!["/business_related_id".into()],
                     when: BTreeMap::from([("/type".to_owned(), json!(1))]),
                 },
             ),
+            (
+                "contact_add".to_owned(),
+                EventMapping::Conditional {
+                    entity: Entity::Contact,
+                    ids: vec!["/contact_id".into()],
+                    when: BTreeMap::new(),
+                },
+            ),
         ]))
+    }
+
+    #[test]
+    fn a_table_mapping_names_its_entity() {
+        assert_eq!(
+            mapping().extract("contact_add", &json!({"event": {"contact_id": "k1"}})),
+            Extracted::Ids(Entity::Contact, vec!["k1".into()])
+        );
     }
 
     #[test]
@@ -148,28 +167,28 @@ mod tests {
         let m = mapping();
         assert_eq!(
             m.extract("add_customer", &json!({"event": {"customer_id": "c1"}})),
-            Extracted::Ids(vec!["c1".into()])
+            Extracted::Ids(Entity::Customer, vec!["c1".into()])
         );
         assert_eq!(
             m.extract(
                 "tagged",
                 &json!({"event": {"customer_ids": ["a", "b", "a", 7, null], "also": "b"}})
             ),
-            Extracted::Ids(vec!["a".into(), "b".into(), "7".into()])
+            Extracted::Ids(Entity::Customer, vec!["a".into(), "b".into(), "7".into()])
         );
         assert_eq!(
             m.extract(
                 "progress_add",
                 &json!({"event": {"type": 1, "business_related_id": "c9"}})
             ),
-            Extracted::Ids(vec!["c9".into()])
+            Extracted::Ids(Entity::Customer, vec!["c9".into()])
         );
         assert_eq!(
             m.extract(
                 "progress_add",
                 &json!({"event": {"type": "1", "business_related_id": "c9"}})
             ),
-            Extracted::Ids(vec!["c9".into()]),
+            Extracted::Ids(Entity::Customer, vec!["c9".into()]),
             "a numeric field sent as a string still matches"
         );
         assert_eq!(

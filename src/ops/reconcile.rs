@@ -1,7 +1,8 @@
-//! `weiling-relay reconcile`: re-fetch listed customers through the live enrichment path and publish
-//! them as records, to repair a mirror after events were lost upstream. Resumable via a progress file.
+//! `weiling-relay reconcile`: re-fetch listed customers (or contacts, `--entity contact`) through the
+//! live enrichment path and publish them as records, to repair a mirror after events were lost
+//! upstream. Resumable via a progress file.
 //!
-//! Every id goes through [`WeilingClient::fetch_customers`] (token cache, rate limiter, retries,
+//! Every id goes through [`WeilingClient::fetch`] (token cache, rate limiter, retries,
 //! breaker) in batches of at most 100, and every record through [`record::reconcile_message`] and a
 //! confirmed publish, exactly like a window flush, except that the "unchanged since the last publish"
 //! suppression does not apply: a reconcile always publishes.
@@ -21,13 +22,14 @@ use tracing::warn;
 use super::{OpsError, publish_confirmed, start_publisher, stop_publisher};
 use crate::config::Settings;
 use crate::enrich::{EnrichError, MAX_BATCH_IDS, WeilingClient};
-use crate::publish::record::{self, CustomerRecord, Op};
+use crate::entity::Entity;
+use crate::publish::record::{self, Op, Record};
 use crate::verify::unix_ms;
 use crate::window::coalescer::IdSource;
 
 /// The `event_types` entry of a reconciled record's `source`.
 pub const SOURCE_TYPE: &str = "reconcile";
-/// Longest accepted customer id; Weiling's are a few dozen characters.
+/// Longest accepted id; Weiling's are a few dozen characters.
 const MAX_ID_LEN: usize = 128;
 /// Without a terminal, a progress line every this many batches.
 const PLAIN_PROGRESS_EVERY: usize = 10;
@@ -35,10 +37,13 @@ const PROGRESS_HEADER: &str = "# weiling-relay reconcile progress, app_id=";
 
 #[derive(Debug, clap::Args)]
 pub struct ReconcileArgs {
-    /// The app whose customers are re-fetched.
+    /// The app whose customers (or contacts) are re-fetched.
     #[arg(long = "app", value_name = "APP_ID")]
     pub app: String,
-    /// Customer ids, one a line (blank lines and `#` comments ignored, repeats fetched once); `-` = stdin.
+    /// What the ids name: `customer` (customer/batch) or `contact` (contact/batch).
+    #[arg(long, default_value_t = Entity::Customer, value_name = "ENTITY")]
+    pub entity: Entity,
+    /// Ids, one a line (blank lines and `#` comments ignored, repeats fetched once); `-` = stdin.
     #[arg(long, value_name = "FILE|-")]
     pub ids: PathBuf,
     /// Config file layered over the built-in defaults.
@@ -47,7 +52,8 @@ pub struct ReconcileArgs {
     /// Skip the ids the progress file records as published by an earlier run.
     #[arg(long)]
     pub resume: bool,
-    /// Progress file [default: next to the ids file, `<FILE>.<APP_ID>.progress`; none for stdin].
+    /// Progress file [default: next to the ids file, `<FILE>.<APP_ID>.progress` (`….contact.progress`
+    /// for contacts); none for stdin].
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
     /// Stop after this many batches; the rest can follow with --resume.
@@ -62,6 +68,7 @@ pub struct ReconcileArgs {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub app_id: String,
+    pub entity: Entity,
     /// Distinct ids, in file order ([`parse_ids`]).
     pub ids: Vec<String>,
     /// Where confirmed ids are recorded; `None` = not resumable.
@@ -76,6 +83,7 @@ impl Plan {
     pub fn new(app_id: &str, ids: Vec<String>) -> Self {
         Self {
             app_id: app_id.to_owned(),
+            entity: Entity::Customer,
             ids,
             progress_file: None,
             resume: false,
@@ -90,6 +98,7 @@ impl Plan {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub app_id: String,
+    pub entity: Entity,
     /// Distinct ids listed.
     pub ids: usize,
     /// Already published by an earlier run (progress file), not fetched again.
@@ -120,8 +129,8 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "reconcile {}: {} ids, {} skipped (published by an earlier run)",
-            self.app_id, self.ids, self.skipped
+            "reconcile {} ({}s): {} ids, {} skipped (published by an earlier run)",
+            self.app_id, self.entity, self.ids, self.skipped
         )?;
         writeln!(f, "fetched:   {}", self.fetched)?;
         writeln!(f, "missing:   {}", self.missing)?;
@@ -200,14 +209,26 @@ pub fn read_ids(path: &Path) -> Result<Vec<String>, OpsError> {
     parse_ids(&text)
 }
 
-/// The default progress file: next to the ids file, named after it and the app.
-pub fn default_progress_path(ids: &Path, app_id: &str) -> Option<PathBuf> {
+/// The default progress file: next to the ids file, named after it, the app and (for contacts) the entity.
+pub fn default_progress_path(ids: &Path, app_id: &str, entity: Entity) -> Option<PathBuf> {
     if ids == Path::new("-") {
         return None;
     }
     let mut name = ids.file_name()?.to_os_string();
-    name.push(format!(".{app_id}.progress"));
+    match entity {
+        Entity::Customer => name.push(format!(".{app_id}.progress")),
+        Entity::Contact => name.push(format!(".{app_id}.{entity}.progress")),
+    }
     Some(ids.with_file_name(name))
+}
+
+/// What a progress file's header names: the app, plus the entity for contacts (so a customer run can
+/// never resume from a contact run's file). Customer files keep the plain app id they always had.
+pub fn progress_subject(app_id: &str, entity: Entity) -> String {
+    match entity {
+        Entity::Customer => app_id.to_owned(),
+        Entity::Contact => format!("{app_id} entity={entity}"),
+    }
 }
 
 /// The ids confirmed so far, one a line after a header naming the app; appended and fsynced per
@@ -220,7 +241,7 @@ pub struct ProgressFile {
 impl ProgressFile {
     /// Ids recorded by earlier runs. A missing file records nothing; a last line without its newline
     /// was torn by a crash mid-append and is ignored.
-    pub fn load(path: &Path, app_id: &str) -> Result<HashSet<String>, OpsError> {
+    pub fn load(path: &Path, subject: &str) -> Result<HashSet<String>, OpsError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
@@ -237,7 +258,7 @@ impl ProgressFile {
         let mut lines = complete.lines();
         match lines.next() {
             None => return Ok(HashSet::new()),
-            Some(header) => check_header(path, header, app_id)?,
+            Some(header) => check_header(path, header, subject)?,
         }
         Ok(lines
             .map(str::trim)
@@ -248,7 +269,7 @@ impl ProgressFile {
 
     /// Opens for appending. `resume` keeps what earlier runs recorded (cutting a torn last line);
     /// otherwise the file starts afresh with just the header.
-    pub fn open(path: &Path, app_id: &str, resume: bool) -> Result<Self, OpsError> {
+    pub fn open(path: &Path, subject: &str, resume: bool) -> Result<Self, OpsError> {
         let io = |source| OpsError::File {
             path: path.to_owned(),
             source,
@@ -264,7 +285,7 @@ impl ProgressFile {
         file.read_to_string(&mut text).map_err(io)?;
         // Checked even when starting afresh: a mistyped --state must not overwrite some other file.
         if let Some(header) = text.lines().next() {
-            check_header(path, header, app_id)?;
+            check_header(path, header, subject)?;
         }
         let keep = if resume {
             text.rfind('\n').map_or(0, |end| end + 1)
@@ -274,7 +295,7 @@ impl ProgressFile {
         file.set_len(keep as u64).map_err(io)?;
         file.seek(SeekFrom::End(0)).map_err(io)?;
         if keep == 0 {
-            file.write_all(format!("{PROGRESS_HEADER}{app_id}\n").as_bytes())
+            file.write_all(format!("{PROGRESS_HEADER}{subject}\n").as_bytes())
                 .map_err(io)?;
         }
         file.sync_data().map_err(io)?;
@@ -301,12 +322,12 @@ impl ProgressFile {
     }
 }
 
-fn check_header(path: &Path, header: &str, app_id: &str) -> Result<(), OpsError> {
+fn check_header(path: &Path, header: &str, subject: &str) -> Result<(), OpsError> {
     match header.strip_prefix(PROGRESS_HEADER) {
-        Some(app) if app == app_id => Ok(()),
-        Some(app) => Err(OpsError::Progress {
+        Some(found) if found == subject => Ok(()),
+        Some(found) => Err(OpsError::Progress {
             path: path.to_owned(),
-            problem: format!("records app `{app}`, not `{app_id}`"),
+            problem: format!("records app `{found}`, not `{subject}`"),
         }),
         None => Err(OpsError::Progress {
             path: path.to_owned(),
@@ -331,14 +352,15 @@ pub async fn reconcile(
     if !(1..=MAX_BATCH_IDS).contains(&plan.batch_size) {
         return Err(OpsError::Usage("--batch-size must be 1–100"));
     }
+    let subject = progress_subject(&plan.app_id, plan.entity);
     let done = match (&plan.progress_file, plan.resume) {
-        (Some(path), true) => ProgressFile::load(path, &plan.app_id)?,
+        (Some(path), true) => ProgressFile::load(path, &subject)?,
         _ => HashSet::new(),
     };
     let mut progress = plan
         .progress_file
         .as_deref()
-        .map(|path| ProgressFile::open(path, &plan.app_id, plan.resume))
+        .map(|path| ProgressFile::open(path, &subject, plan.resume))
         .transpose()?;
     // `parse_ids` already de-duplicates; library callers may not have.
     let mut listed = HashSet::new();
@@ -350,6 +372,7 @@ pub async fn reconcile(
         .collect();
     let mut summary = Summary {
         app_id: plan.app_id.clone(),
+        entity: plan.entity,
         ids: ids.len(),
         skipped: ids.len() - todo.len(),
         batches_total: todo.len().div_ceil(plan.batch_size),
@@ -391,7 +414,7 @@ pub async fn reconcile(
             summary.remaining = chunks.iter().skip(n).map(Vec::len).sum();
             break;
         }
-        let fetched = match client.fetch_customers(app_id, chunk, abort).await {
+        let fetched = match client.fetch(app_id, plan.entity, chunk, abort).await {
             Ok(fetched) => fetched,
             Err(EnrichError::Cancelled) => {
                 summary.interrupted = true;
@@ -419,9 +442,10 @@ pub async fn reconcile(
             };
             let message = record::reconcile_message(
                 exchange,
-                &CustomerRecord {
+                &Record {
+                    entity: plan.entity,
                     app_id,
-                    customer_id: id,
+                    id,
                     op,
                     record,
                     source: &source,
@@ -515,7 +539,7 @@ pub async fn run_cli(args: ReconcileArgs, env: &HashMap<String, String>) -> Resu
     let progress_file = args
         .state
         .clone()
-        .or_else(|| default_progress_path(&args.ids, &args.app));
+        .or_else(|| default_progress_path(&args.ids, &args.app, args.entity));
     if args.resume && progress_file.is_none() {
         return Err(OpsError::Usage(
             "--resume needs --state FILE when the ids come from stdin",
@@ -523,6 +547,7 @@ pub async fn run_cli(args: ReconcileArgs, env: &HashMap<String, String>) -> Resu
     }
     let plan = Plan {
         app_id: args.app,
+        entity: args.entity,
         ids,
         progress_file,
         resume: args.resume,
@@ -583,10 +608,17 @@ mod tests {
     #[test]
     fn the_default_progress_file_sits_next_to_the_ids() {
         assert_eq!(
-            default_progress_path(Path::new("/tmp/x/ids.txt"), "wloa1"),
+            default_progress_path(Path::new("/tmp/x/ids.txt"), "wloa1", Entity::Customer),
             Some(PathBuf::from("/tmp/x/ids.txt.wloa1.progress"))
         );
-        assert_eq!(default_progress_path(Path::new("-"), "wloa1"), None);
+        assert_eq!(
+            default_progress_path(Path::new("/tmp/x/ids.txt"), "wloa1", Entity::Contact),
+            Some(PathBuf::from("/tmp/x/ids.txt.wloa1.contact.progress"))
+        );
+        assert_eq!(
+            default_progress_path(Path::new("-"), "wloa1", Entity::Customer),
+            None
+        );
     }
 
     #[test]

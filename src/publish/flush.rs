@@ -1,4 +1,4 @@
-//! One closed window end to end: a batch call per ≤100 ids, then one confirmed record per customer.
+//! One closed window end to end: a batch call per ≤100 ids, then one confirmed record per id.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::RecordSink;
-use super::record::{self, CustomerRecord, Op};
+use super::record::{self, Op, Record};
 use crate::enrich::EnrichError;
 use crate::verify::unix_ms;
 use crate::window::{DeliveryTag, Flush};
@@ -45,7 +45,7 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
         outcome.batch_calls += 1;
         let fetched = sink
             .client
-            .fetch_customers(&flush.app_id, chunk, abort)
+            .fetch(&flush.app_id, flush.entity, chunk, abort)
             .await;
         if let Some(state) = sink.client.breaker_state(&flush.app_id) {
             crate::metrics::circuit_state(&flush.app_id, state.as_gauge());
@@ -53,7 +53,7 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
         let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(error) => {
-                warn!(app_id = %flush.app_id, ids = chunk.len(), error = %error, "batch call failed; inbox deliveries stay unacked");
+                warn!(app_id = %flush.app_id, entity = flush.entity.as_str(), ids = chunk.len(), error = %error, "batch call failed; inbox deliveries stay unacked");
                 outcome.permanent |= is_permanent(&error);
                 outcome.failed.extend(
                     chunk
@@ -79,8 +79,8 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
                 Some(record) => (Op::Upsert, Some(*record)),
                 None => (Op::Missing, None),
             };
-            let key = (flush.app_id.clone(), id.clone());
-            let message_id = record::message_id(&flush.app_id, id, op, record);
+            let key = (flush.entity, flush.app_id.clone(), id.clone());
+            let message_id = record::message_id(flush.entity, &flush.app_id, id, op, record);
             if sink.last_published.get(&key).as_ref() == Some(&message_id) {
                 crate::metrics::record_unchanged();
                 outcome.unchanged += 1;
@@ -89,9 +89,10 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
             }
             let message = record::message(
                 &sink.exchange,
-                &CustomerRecord {
+                &Record {
+                    entity: flush.entity,
                     app_id: &flush.app_id,
-                    customer_id: id,
+                    id,
                     op,
                     record,
                     source,

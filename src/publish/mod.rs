@@ -1,4 +1,4 @@
-//! Stage 7: one confirmed message per customer to the customers exchange.
+//! Stage 7: one confirmed message per customer or contact to the records exchange (`customers_exchange`).
 
 pub mod flush;
 pub mod record;
@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::amqp::Publisher;
 use crate::enrich::WeilingClient;
+use crate::entity::Entity;
 
 /// Where flushed windows go: the Weiling client that enriches them and the publisher of records.
 #[derive(Clone)]
@@ -16,10 +17,10 @@ pub struct RecordSink {
     pub publisher: Publisher,
     pub exchange: String,
     pub sign_key: Option<SecretString>,
-    /// (app, customer) → `message_id` of the last confirmed record. A fetch that returns exactly the
+    /// (entity, app, id) → `message_id` of the last confirmed record. A fetch that returns exactly the
     /// state already published (an event about a change an earlier window already captured) is
     /// not published again: it is durable downstream already.
-    pub last_published: Cache<(String, String), String>,
+    pub last_published: Cache<(Entity, String, String), String>,
 }
 
 /// Customers whose last published state is remembered; beyond this the oldest are forgotten and at

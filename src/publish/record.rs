@@ -1,5 +1,6 @@
-//! The customer record message of contract.md: schema v1, content-hash `message_id`, properties,
-//! headers, optional HMAC-SHA256 `x-signature`, routing key `customer.<app_id>.upsert|missing`.
+//! The record message of contract.md: schema v1, content-hash `message_id`, properties, headers,
+//! optional HMAC-SHA256 `x-signature`, routing key `<entity>.<app_id>.upsert|missing`. Customers and
+//! contacts share the shape; only the schema name, the id field and the routing key's first word differ.
 
 use hmac::{KeyInit, Mac};
 use lapin::BasicProperties;
@@ -10,10 +11,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::amqp::Outgoing;
+use crate::entity::Entity;
 use crate::persist::inbox::PERSISTENT;
 use crate::window::coalescer::IdSource;
-
-pub const SCHEMA: &str = "weiling-relay.customer.v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -42,41 +42,64 @@ struct Source<'a> {
     reconcile: bool,
 }
 
+/// The id under the entity's own field name (`customer_id` or `contact_id`).
+#[derive(Serialize)]
+enum EntityId<'a> {
+    #[serde(rename = "customer_id")]
+    Customer(&'a str),
+    #[serde(rename = "contact_id")]
+    Contact(&'a str),
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     schema: &'static str,
     op: &'static str,
     app_id: &'a str,
-    customer_id: &'a str,
+    #[serde(flatten)]
+    id: EntityId<'a>,
     fetched_at: u64,
     source: Source<'a>,
     record: Option<&'a Value>,
 }
 
 /// Everything one record message needs.
-pub struct CustomerRecord<'a> {
+pub struct Record<'a> {
+    pub entity: Entity,
     pub app_id: &'a str,
-    pub customer_id: &'a str,
+    pub id: &'a str,
     pub op: Op,
-    /// One element of `customer_list`, exactly as Weiling returned it; `None` for `missing`.
+    /// One element of the batch answer's list, exactly as Weiling returned it; `None` for `missing`.
     pub record: Option<&'a Value>,
     pub source: &'a IdSource,
     pub fetched_at_ms: u64,
 }
 
-pub fn routing_key(app_id: &str, op: Op) -> String {
-    format!("customer.{app_id}.{}", op.as_str())
+pub fn routing_key(entity: Entity, app_id: &str, op: Op) -> String {
+    format!("{}.{app_id}.{}", entity.as_str(), op.as_str())
 }
 
 /// Identical states get identical ids, so consumers can deduplicate redeliveries. serde_json's map
-/// keeps keys sorted, so `to_string` is a canonical form of the record.
-pub fn message_id(app_id: &str, customer_id: &str, op: Op, record: Option<&Value>) -> String {
+/// keeps keys sorted, so `to_string` is a canonical form of the record. A contact's hash starts with
+/// `contact` so a contact and a customer with the same id never share one; a customer's hash is
+/// exactly contract.md's (app_id, customer_id, op, record).
+pub fn message_id(
+    entity: Entity,
+    app_id: &str,
+    id: &str,
+    op: Op,
+    record: Option<&Value>,
+) -> String {
     let canonical = record.map_or_else(|| "null".to_owned(), Value::to_string);
+    let mut hash = Sha256::new();
+    if entity != Entity::Customer {
+        hash.update(entity.as_str());
+        hash.update([0u8]);
+    }
     hex::encode(
-        Sha256::new()
-            .chain_update(app_id)
+        hash.chain_update(app_id)
             .chain_update([0u8])
-            .chain_update(customer_id)
+            .chain_update(id)
             .chain_update([0u8])
             .chain_update(op.as_str())
             .chain_update([0u8])
@@ -85,11 +108,7 @@ pub fn message_id(app_id: &str, customer_id: &str, op: Op, record: Option<&Value
     )
 }
 
-pub fn message(
-    exchange: &str,
-    r: &CustomerRecord<'_>,
-    sign_key: Option<&SecretString>,
-) -> Outgoing {
+pub fn message(exchange: &str, r: &Record<'_>, sign_key: Option<&SecretString>) -> Outgoing {
     build(exchange, r, sign_key, false)
 }
 
@@ -98,7 +117,7 @@ pub fn message(
 /// state equal to one already delivered deduplicates against it.
 pub fn reconcile_message(
     exchange: &str,
-    r: &CustomerRecord<'_>,
+    r: &Record<'_>,
     sign_key: Option<&SecretString>,
 ) -> Outgoing {
     build(exchange, r, sign_key, true)
@@ -106,15 +125,18 @@ pub fn reconcile_message(
 
 fn build(
     exchange: &str,
-    r: &CustomerRecord<'_>,
+    r: &Record<'_>,
     sign_key: Option<&SecretString>,
     reconcile: bool,
 ) -> Outgoing {
     let body = Body {
-        schema: SCHEMA,
+        schema: r.entity.schema(),
         op: r.op.as_str(),
         app_id: r.app_id,
-        customer_id: r.customer_id,
+        id: match r.entity {
+            Entity::Customer => EntityId::Customer(r.id),
+            Entity::Contact => EntityId::Contact(r.id),
+        },
         fetched_at: r.fetched_at_ms,
         source: Source {
             events: r.source.events,
@@ -130,8 +152,8 @@ fn build(
     let mut headers = FieldTable::default();
     headers.insert("app_id".into(), AMQPValue::LongString(r.app_id.into()));
     headers.insert(
-        "customer_id".into(),
-        AMQPValue::LongString(r.customer_id.into()),
+        r.entity.id_field().into(),
+        AMQPValue::LongString(r.id.into()),
     );
     headers.insert("fetched_at".into(), AMQPValue::LongLongInt(fetched_at));
     if let Some(signature) = sign_key.and_then(|key| sign(key, &body)) {
@@ -144,16 +166,20 @@ fn build(
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())
         .with_message_id(
-            message_id(r.app_id, r.customer_id, r.op, r.record)
+            message_id(r.entity, r.app_id, r.id, r.op, r.record)
                 .as_str()
                 .into(),
         )
         .with_timestamp(r.fetched_at_ms / 1000)
-        .with_type(format!("customer.{}", r.op.as_str()).as_str().into())
+        .with_type(
+            format!("{}.{}", r.entity.as_str(), r.op.as_str())
+                .as_str()
+                .into(),
+        )
         .with_headers(headers);
     Outgoing {
         exchange: exchange.to_owned(),
-        routing_key: routing_key(r.app_id, r.op),
+        routing_key: routing_key(r.entity, r.app_id, r.op),
         body,
         properties,
         mandatory: true,
@@ -176,6 +202,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const C: Entity = Entity::Customer;
+
     fn source() -> IdSource {
         IdSource {
             events: 3,
@@ -189,9 +217,10 @@ mod tests {
     fn an_upsert_matches_the_contract() {
         let record = json!({"customer_id": "c1", "name": "张三"});
         let src = source();
-        let r = CustomerRecord {
+        let r = Record {
+            entity: Entity::Customer,
             app_id: "wloa1",
-            customer_id: "c1",
+            id: "c1",
             op: Op::Upsert,
             record: Some(&record),
             source: &src,
@@ -236,9 +265,10 @@ mod tests {
             first_event_at_ms: 7,
             deliveries: Vec::new(),
         };
-        let r = CustomerRecord {
+        let r = Record {
+            entity: Entity::Customer,
             app_id: "wloa1",
-            customer_id: "c1",
+            id: "c1",
             op: Op::Upsert,
             record: Some(&record),
             source: &src,
@@ -262,25 +292,60 @@ mod tests {
         let a = json!({"b": 1, "a": 2});
         let b = json!({"a": 2, "b": 1});
         assert_eq!(
-            message_id("x", "c", Op::Upsert, Some(&a)),
-            message_id("x", "c", Op::Upsert, Some(&b))
+            message_id(C, "x", "c", Op::Upsert, Some(&a)),
+            message_id(C, "x", "c", Op::Upsert, Some(&b))
         );
         assert_ne!(
-            message_id("x", "c", Op::Upsert, Some(&a)),
-            message_id("x", "c", Op::Missing, None)
+            message_id(C, "x", "c", Op::Upsert, Some(&a)),
+            message_id(C, "x", "c", Op::Missing, None)
         );
         assert_ne!(
-            message_id("x", "c", Op::Upsert, Some(&a)),
-            message_id("x", "d", Op::Upsert, Some(&a))
+            message_id(C, "x", "c", Op::Upsert, Some(&a)),
+            message_id(C, "x", "d", Op::Upsert, Some(&a))
+        );
+    }
+
+    #[test]
+    fn a_contact_carries_its_own_schema_id_field_type_and_routing_key() {
+        let record = json!({"contact_id": "k1", "user_name": "李四"});
+        let src = source();
+        let r = Record {
+            entity: Entity::Contact,
+            app_id: "wloa1",
+            id: "k1",
+            op: Op::Upsert,
+            record: Some(&record),
+            source: &src,
+            fetched_at_ms: 1_745_818_724_012,
+        };
+        let out = message("weiling.customers", &r, None);
+        assert_eq!(out.routing_key, "contact.wloa1.upsert");
+        let body: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(body["schema"], "weiling-relay.contact.v1");
+        assert_eq!(body["contact_id"], "k1");
+        assert!(body.get("customer_id").is_none());
+        assert_eq!(body["record"], record);
+        let p = &out.properties;
+        assert_eq!(
+            p.kind().as_ref().map(|s| s.as_str()),
+            Some("contact.upsert")
+        );
+        let headers = p.headers().as_ref().unwrap().inner();
+        assert!(headers.get("contact_id").is_some() && headers.get("customer_id").is_none());
+        assert_ne!(
+            message_id(Entity::Contact, "wloa1", "k1", Op::Upsert, Some(&record)),
+            message_id(C, "wloa1", "k1", Op::Upsert, Some(&record)),
+            "a contact and a customer with one id never share a message id"
         );
     }
 
     #[test]
     fn missing_has_a_null_record_and_the_signature_verifies() {
         let src = source();
-        let r = CustomerRecord {
+        let r = Record {
+            entity: Entity::Customer,
             app_id: "wloa1",
-            customer_id: "gone",
+            id: "gone",
             op: Op::Missing,
             record: None,
             source: &src,

@@ -1,4 +1,5 @@
-//! The simulated OpenAPI endpoints: the token call and `customer/batch`, with Weiling's envelope and codes.
+//! The simulated OpenAPI endpoints: the token call, `customer/batch` and `contact/batch`, with Weiling's
+//! envelope and codes.
 
 use std::collections::HashSet;
 use std::time::{Instant, SystemTime};
@@ -10,11 +11,11 @@ use serde_json::{Value, json};
 
 use super::BatchCall;
 use super::state::{Shared, State};
+use crate::entity::Entity;
 
 pub const TOKEN_PATH: &str = "/openapi/auth/access_token/get";
 pub const BATCH_PATH: &str = "/openapi/customer/batch";
-/// The rate-limit key of `customer/batch`.
-const BATCH_ENDPOINT: &str = "customer/batch";
+pub const CONTACT_BATCH_PATH: &str = "/openapi/contact/batch";
 /// `BatchCall::code` of an answer that carried no Weiling envelope (an HTTP-level fault or garbage).
 pub const NO_ENVELOPE: i64 = -1;
 /// Far above any real batch body, so an oversized id list reaches the 1012 check instead of a 413.
@@ -68,7 +69,8 @@ pub fn routes(shared: web::Data<Shared>) -> impl FnOnce(&mut web::ServiceConfig)
             .app_data(web::PayloadConfig::new(MAX_BODY))
             // Every method reaches the handlers, which answer a wrong one with 1010 like the real gateway.
             .route(TOKEN_PATH, web::route().to(token))
-            .route(BATCH_PATH, web::route().to(batch));
+            .route(BATCH_PATH, web::route().to(customer_batch))
+            .route(CONTACT_BATCH_PATH, web::route().to(contact_batch));
     }
 }
 
@@ -122,7 +124,29 @@ enum Answer {
     Garbage,
 }
 
-async fn batch(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+async fn customer_batch(
+    req: HttpRequest,
+    body: web::Bytes,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    batch(Entity::Customer, req, body, shared).await
+}
+
+/// 19.2: the same gateway, token, rate-limit and cap rules as `customer/batch`, over contacts.
+async fn contact_batch(
+    req: HttpRequest,
+    body: web::Bytes,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    batch(Entity::Contact, req, body, shared).await
+}
+
+async fn batch(
+    entity: Entity,
+    req: HttpRequest,
+    body: web::Bytes,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
     let at = SystemTime::now();
     let latency = shared.lock().faults.latency;
     if !latency.is_zero() {
@@ -133,12 +157,14 @@ async fn batch(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let parsed = parse_ids(&body);
+    let parsed = parse_ids(&body, entity);
     let mut state = shared.lock();
-    let (app_id, answer) = decide(&mut state, &req, &parsed);
+    let (app_id, answer) = decide(&mut state, entity, &req, &parsed);
     let (response, code) = match answer {
         Answer::Records(records) => {
-            let body = json!({ "code": 0, "msg": "success", "data": { "customer_list": records } });
+            let mut data = serde_json::Map::new();
+            data.insert(entity.list_field().to_owned(), Value::Array(records));
+            let body = json!({ "code": 0, "msg": "success", "data": data });
             (envelope_response(StatusCode::OK, &body), 0)
         }
         Answer::Error(error) => (
@@ -162,11 +188,16 @@ async fn batch(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
         Answer::Garbage => (
             HttpResponse::Ok()
                 .content_type("application/json;charset=UTF-8")
-                .body(r#"{"code":0,"msg":"success","data":{"customer_list":[{"customer_id":"#),
+                .body(format!(
+                    r#"{{"code":0,"msg":"success","data":{{"{}":[{{"{}":"#,
+                    entity.list_field(),
+                    entity.id_field()
+                )),
             NO_ENVELOPE,
         ),
     };
     state.batch_calls.push(BatchCall {
+        entity,
         app_id,
         ids: parsed.unwrap_or_default(),
         code,
@@ -181,6 +212,7 @@ async fn batch(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
 /// then the rate limit (every authenticated call counts, even one that fails validation), then the body.
 fn decide(
     state: &mut State,
+    entity: Entity,
     req: &HttpRequest,
     parsed: &Result<Vec<String>, ApiError>,
 ) -> (Option<String>, Answer) {
@@ -212,7 +244,7 @@ fn decide(
         let code = state.config.auth_error_code;
         return (app_id, Answer::Error(ApiError::Auth(code)));
     };
-    if !state.admit(app, BATCH_ENDPOINT, now) {
+    if !state.admit(app, entity.batch_endpoint(), now) {
         let code = state.config.rate_limit_code;
         return (app_id, Answer::Error(ApiError::RateLimited(code)));
     }
@@ -228,24 +260,25 @@ fn decide(
     }
     let mut seen = HashSet::new();
     let records = state
-        .customers
-        .get(app)
-        .map(|customers| {
+        .people
+        .get(&(entity, app.to_owned()))
+        .map(|people| {
             ids.iter()
                 .filter(|id| seen.insert(id.as_str()))
-                .filter_map(|id| customers.get(id).map(|c| c.record.clone()))
+                .filter_map(|id| people.get(id).map(|p| p.record.clone()))
                 .collect()
         })
         .unwrap_or_default();
     (app_id, Answer::Records(records))
 }
 
-/// `{"customer_ids":[…]}`: not a JSON object → 1011, no `customer_ids` → 1000, not a list of strings → 1013.
-fn parse_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
+/// `{"customer_ids":[…]}` (or `contact_ids`): not a JSON object → 1011, no id list → 1000, not a list
+/// of strings → 1013.
+fn parse_ids(body: &[u8], entity: Entity) -> Result<Vec<String>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::Unparseable)?;
     let object = value.as_object().ok_or(ApiError::Unparseable)?;
     let list = object
-        .get("customer_ids")
+        .get(entity.ids_field())
         .ok_or(ApiError::MissingParameter)?
         .as_array()
         .ok_or(ApiError::BadFormat)?;

@@ -131,6 +131,26 @@ pub fn update_customer(customer_id: &str) -> SimEvent {
     SimEvent::new("update_customer", json!({ "customer_id": customer_id }))
 }
 
+/// 联系人新增 for a contact record from the simulator. The real type name and body are unconfirmed
+/// (weiling-api.md §12); `contact_add` with `contact_id` is the agreed placeholder.
+pub fn contact_add(record: &Value) -> SimEvent {
+    let field = |key: &str| record.get(key).cloned().unwrap_or(Value::Null);
+    SimEvent::new(
+        "contact_add",
+        json!({
+            "contact_id": field("contact_id"),
+            "user_name": field("user_name"),
+            "owner_id": field("owner_id"),
+            "create_time": field("create_time"),
+        }),
+    )
+}
+
+/// 联系人更新; `contact_update` with `contact_id` is the agreed placeholder.
+pub fn contact_update(contact_id: &str) -> SimEvent {
+    SimEvent::new("contact_update", json!({ "contact_id": contact_id }))
+}
+
 /// A journey entry: 201 follow-up, 202 friend added, 208 churned, … (weiling-api.md §6.4).
 pub fn history_add(customer_id: &str, history_type: i64) -> SimEvent {
     let (title, contents) = match history_type {
@@ -304,5 +324,12 @@ mod tests {
             "group_chat_update"
         );
         assert_eq!(user_update("lisi").event["userid"], "lisi");
+
+        let contact = crate::simulator::contacts::new_contact_record("wloa1", "k1", 0);
+        let add = contact_add(&contact);
+        assert_eq!(add.event_type, "contact_add");
+        assert_eq!(add.event["contact_id"], "k1");
+        assert_eq!(add.event["user_name"], contact["user_name"]);
+        assert_eq!(contact_update("k1").event["contact_id"], "k1");
     }
 }

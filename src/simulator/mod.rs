@@ -1,6 +1,7 @@
 //! The Weiling stand-in for tests, the demo, the benchmarks and `weiling-relay sim`.
 //!
-//! [`Simulator`] serves the two OpenAPI endpoints the relay calls (token and `customer/batch`), behaving
+//! [`Simulator`] serves the OpenAPI endpoints the relay calls (token, `customer/batch` and
+//! `contact/batch`), behaving
 //! as the "what a simulator should assume" table of `weiling-api.md` says, with faults switchable at run
 //! time. [`events`] builds decrypted callback events and [`driver::CallbackDriver`] delivers them sealed,
 //! retrying like Weiling's sender.
@@ -13,6 +14,7 @@
 
 mod api;
 pub mod cli;
+pub mod contacts;
 pub mod driver;
 pub mod events;
 pub mod records;
@@ -23,15 +25,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::{App, HttpServer, web};
-use indexmap::IndexMap;
 use serde_json::Value;
 
-pub use api::{BATCH_PATH, NO_ENVELOPE, TOKEN_PATH};
+pub use api::{BATCH_PATH, CONTACT_BATCH_PATH, NO_ENVELOPE, TOKEN_PATH};
+pub use contacts::new_contact_id;
 pub use driver::{CallbackDriver, Delivery, Outcome, RetryPolicy};
 pub use events::{HeaderStyle, SimEvent, event_json, event_json_with};
 pub use records::{RECORD_FIELDS, new_customer_id};
 
-use state::{Customer, Shared};
+use state::{Person, Shared};
+
+use crate::entity::Entity;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -59,9 +63,11 @@ impl Default for SimConfig {
     }
 }
 
-/// One `customer/batch` request as the simulator saw it.
+/// One `customer/batch` or `contact/batch` request as the simulator saw it.
 #[derive(Clone, Debug)]
 pub struct BatchCall {
+    /// Which batch endpoint was called.
+    pub entity: Entity,
     /// The app the token was issued to (also for an expired token); `None` for a missing or unknown token.
     pub app_id: Option<String>,
     /// The requested ids in request order; empty when the body did not parse.
@@ -109,39 +115,59 @@ impl Simulator {
 
     /// Creates the customer with a realistic record; an existing customer is returned unchanged.
     pub fn create_customer(&self, app_id: &str, customer_id: &str) -> Value {
-        let mut state = self.shared.lock();
-        let customers = state.customers.entry(app_id.to_owned()).or_default();
-        customer_entry(customers, app_id, customer_id)
-            .record
-            .clone()
+        self.create(Entity::Customer, app_id, customer_id)
     }
 
     /// Edits the customer (creating it first if unknown) and returns the new record.
     pub fn change_customer(&self, app_id: &str, customer_id: &str) -> Value {
-        let mut state = self.shared.lock();
-        let customers = state.customers.entry(app_id.to_owned()).or_default();
-        let customer = customer_entry(customers, app_id, customer_id);
-        customer.revision += 1;
-        records::change(&mut customer.record, customer.revision, now_ms());
-        customer.record.clone()
+        self.change(Entity::Customer, app_id, customer_id)
     }
 
     pub fn customer(&self, app_id: &str, customer_id: &str) -> Option<Value> {
-        self.shared
-            .lock()
-            .customers
-            .get(app_id)
-            .and_then(|c| c.get(customer_id))
-            .map(|c| c.record.clone())
+        self.record(Entity::Customer, app_id, customer_id)
     }
 
     /// In creation order.
     pub fn customers(&self, app_id: &str) -> Vec<Value> {
+        self.records(Entity::Customer, app_id)
+    }
+
+    /// Creates a customer or contact with a realistic record; an existing one is returned unchanged.
+    pub fn create(&self, entity: Entity, app_id: &str, id: &str) -> Value {
+        let mut state = self.shared.lock();
+        person_entry(&mut state, entity, app_id, id).record.clone()
+    }
+
+    /// Edits a customer or contact (creating it first if unknown) and returns the new record.
+    pub fn change(&self, entity: Entity, app_id: &str, id: &str) -> Value {
+        let mut state = self.shared.lock();
+        let person = person_entry(&mut state, entity, app_id, id);
+        person.revision += 1;
+        match entity {
+            Entity::Customer => records::change(&mut person.record, person.revision, now_ms()),
+            Entity::Contact => {
+                contacts::change_contact(&mut person.record, person.revision, now_ms());
+            }
+        }
+        person.record.clone()
+    }
+
+    pub fn record(&self, entity: Entity, app_id: &str, id: &str) -> Option<Value> {
         self.shared
             .lock()
-            .customers
-            .get(app_id)
-            .map(|c| c.values().map(|c| c.record.clone()).collect())
+            .people
+            .get(&(entity, app_id.to_owned()))
+            .and_then(|people| people.get(id))
+            .map(|p| p.record.clone())
+    }
+
+    /// Every record of the entity and app, in creation order.
+    pub fn records(&self, entity: Entity, app_id: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .people
+            .get(&(entity, app_id.to_owned()))
+            .map(|people| people.values().map(|p| p.record.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -195,15 +221,22 @@ impl Simulator {
     }
 }
 
-fn customer_entry<'a>(
-    customers: &'a mut IndexMap<String, Customer>,
+fn person_entry<'a>(
+    state: &'a mut state::State,
+    entity: Entity,
     app_id: &str,
-    customer_id: &str,
-) -> &'a mut Customer {
-    customers
-        .entry(customer_id.to_owned())
-        .or_insert_with(|| Customer {
-            record: records::new_record(app_id, customer_id, now_ms()),
+    id: &str,
+) -> &'a mut Person {
+    state
+        .people
+        .entry((entity, app_id.to_owned()))
+        .or_default()
+        .entry(id.to_owned())
+        .or_insert_with(|| Person {
+            record: match entity {
+                Entity::Customer => records::new_record(app_id, id, now_ms()),
+                Entity::Contact => contacts::new_contact_record(app_id, id, now_ms()),
+            },
             revision: 0,
         })
 }

@@ -30,13 +30,13 @@ pub const RECORD_FIELDS: [&str; 19] = [
     "update_time",
 ];
 
-const SURNAMES: [&str; 12] = [
+pub(super) const SURNAMES: [&str; 12] = [
     "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙",
 ];
-const GIVEN: [&str; 12] = [
+pub(super) const GIVEN: [&str; 12] = [
     "伟", "芳", "娜", "敏", "静", "磊", "洋", "艳", "勇", "杰", "婷", "强",
 ];
-const CORPS: [&str; 6] = [
+pub(super) const CORPS: [&str; 6] = [
     "杭州云帆科技有限公司",
     "上海启明信息技术有限公司",
     "深圳微澜网络有限公司",
@@ -44,7 +44,7 @@ const CORPS: [&str; 6] = [
     "成都锦程贸易有限公司",
     "广州星河传媒有限公司",
 ];
-const POSITIONS: [&str; 6] = [
+pub(super) const POSITIONS: [&str; 6] = [
     "采购经理",
     "技术总监",
     "市场专员",
@@ -52,9 +52,9 @@ const POSITIONS: [&str; 6] = [
     "运营主管",
     "财务",
 ];
-const STAGES: [&str; 5] = ["初步接触", "需求确认", "方案报价", "商务谈判", "赢单"];
+pub(super) const STAGES: [&str; 5] = ["初步接触", "需求确认", "方案报价", "商务谈判", "赢单"];
 /// (tag_id, tag_name, group_name): tags come from a fixed tenant catalogue, as in a real corp.
-const TAGS: [(&str, &str, &str); 8] = [
+pub(super) const TAGS: [(&str, &str, &str); 8] = [
     ("etK3vYCAAAx1", "高意向", "意向度"),
     ("etK3vYCAAAx2", "中意向", "意向度"),
     ("etK3vYCAAAx3", "低意向", "意向度"),
@@ -64,7 +64,7 @@ const TAGS: [(&str, &str, &str); 8] = [
     ("etK3vYCAAAz2", "转介绍", "来源"),
     ("etK3vYCAAAz3", "官网", "来源"),
 ];
-const STAFF: [&str; 5] = ["zhangsan", "lisi", "wangwu", "zhaoliu", "sunqi"];
+pub(super) const STAFF: [&str; 5] = ["zhangsan", "lisi", "wangwu", "zhaoliu", "sunqi"];
 /// WeCom's add_way values: 0 unknown, 1 QR code, 2 phone search, 3 card share, 9 group, 202 admin assign.
 const ADD_WAYS: [i64; 6] = [0, 1, 2, 3, 9, 202];
 
@@ -179,11 +179,11 @@ pub fn change(record: &mut Value, revision: u64, now_ms: i64) {
     fields.insert("update_time".into(), json!(now_ms.max(previous + 1)));
 }
 
-fn pick<'a>(rng: &mut impl Rng, from: &[&'a str], fallback: &'a str) -> &'a str {
+pub(super) fn pick<'a>(rng: &mut impl Rng, from: &[&'a str], fallback: &'a str) -> &'a str {
     from.choose(rng).copied().unwrap_or(fallback)
 }
 
-fn person_name(rng: &mut impl Rng) -> String {
+pub(super) fn person_name(rng: &mut impl Rng) -> String {
     let mut name = pick(rng, &SURNAMES, "王").to_owned();
     for _ in 0..rng.random_range(1..=2) {
         name.push_str(pick(rng, &GIVEN, "伟"));
@@ -191,7 +191,7 @@ fn person_name(rng: &mut impl Rng) -> String {
     name
 }
 
-fn mobile(rng: &mut impl Rng) -> String {
+pub(super) fn mobile(rng: &mut impl Rng) -> String {
     let prefix = pick(rng, &["138", "139", "151", "186", "177"], "138");
     format!("{prefix}{:08}", rng.random_range(0..100_000_000u32))
 }

@@ -1,4 +1,4 @@
-//! The simulator's shared state: apps, tokens, customers, switchable faults, rate windows and the call log.
+//! The simulator's shared state: apps, tokens, customers and contacts, switchable faults, rate windows and the call log.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -9,6 +9,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 
 use super::{BatchCall, SimConfig};
+use crate::entity::Entity;
 
 /// How long a rate window looks back.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -29,7 +30,7 @@ impl Shared {
                 config,
                 apps: HashMap::new(),
                 tokens: HashMap::new(),
-                customers: HashMap::new(),
+                people: HashMap::new(),
                 faults: Faults::default(),
                 windows: HashMap::new(),
                 batch_calls: Vec::new(),
@@ -58,7 +59,8 @@ pub(super) struct Token {
     pub valid_until: Instant,
 }
 
-pub(super) struct Customer {
+/// One customer or contact: its current record and how often it was edited.
+pub(super) struct Person {
     pub record: Value,
     pub revision: u64,
 }
@@ -68,8 +70,8 @@ pub(super) struct State {
     /// app id → app secret
     pub apps: HashMap<String, String>,
     pub tokens: HashMap<String, Token>,
-    /// app id → customer id → customer, in creation order so `customers()` is stable.
-    pub customers: HashMap<String, IndexMap<String, Customer>>,
+    /// (entity, app id) → id → person, in creation order so listings are stable.
+    pub people: HashMap<(Entity, String), IndexMap<String, Person>>,
     pub faults: Faults,
     /// (app id, endpoint) → times of the admitted calls of the last minute.
     pub windows: HashMap<(String, &'static str), VecDeque<Instant>>,

@@ -159,6 +159,61 @@ async fn batch_returns_known_records_once_and_leaves_unknown_ids_out() {
 }
 
 #[tokio::test]
+async fn contact_batch_answers_contact_list_with_the_same_rules() {
+    let sim = Running::start(SimConfig::default()).await;
+    let k1 = sim.sim.create(Entity::Contact, APP, "contact-1");
+    sim.sim.create_customer(APP, "contact-2");
+    let token = sim.token().await;
+    let post = |body: Value| {
+        sim.client
+            .post(format!(
+                "{}{CONTACT_BATCH_PATH}?access_token={token}",
+                sim.base
+            ))
+            .json(&body)
+            .send()
+    };
+
+    let body: Value = post(json!({"contact_ids": ["contact-1", "contact-2"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["code"], 0);
+    assert_eq!(
+        body["data"]["contact_list"],
+        json!([k1]),
+        "a customer id is not a contact id"
+    );
+    assert!(body["data"].get("customer_list").is_none());
+
+    let wrong_field: Value = post(json!({"customer_ids": ["contact-1"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(wrong_field["code"], 1000);
+    let many: Vec<String> = (0..101).map(|i| format!("k-{i}")).collect();
+    let over: Value = post(json!({ "contact_ids": many }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(over["code"], 1012);
+
+    let changed = sim.sim.change(Entity::Contact, APP, "contact-1");
+    assert_ne!(changed, k1);
+    assert_eq!(sim.sim.records(Entity::Contact, APP), vec![changed]);
+    let calls = sim.sim.batch_calls();
+    assert!(calls.iter().all(|c| c.entity == Entity::Contact));
+    assert_eq!(calls[0].ids, ["contact-1", "contact-2"]);
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn batch_validates_size_body_and_method() {
     let sim = Running::start(SimConfig::default()).await;
     let token = sim.token().await;

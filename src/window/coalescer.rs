@@ -1,4 +1,4 @@
-//! The coalescing core: per app, a de-duplicated id set that remembers which inbox deliveries named each
+//! The coalescing core: per app and entity, a de-duplicated id set that remembers which inbox deliveries named each
 //! id, and when it is due. Pure and synchronous; the async driver owns the clock and the timer.
 
 use std::collections::{BTreeSet, HashMap};
@@ -7,10 +7,12 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use tokio::time::Instant;
 
+use crate::entity::Entity;
+
 /// An inbox delivery tag on the consumer channel.
 pub type DeliveryTag = u64;
 
-/// One event naming one customer id.
+/// One event naming one id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Contribution {
     pub delivery: DeliveryTag,
@@ -62,10 +64,11 @@ impl FlushReason {
     }
 }
 
-/// A closed window: one batch call's worth of ids.
+/// A closed window: one batch call's worth of ids of one entity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flush {
     pub app_id: String,
+    pub entity: Entity,
     pub reason: FlushReason,
     pub ids: IndexMap<String, IdSource>,
 }
@@ -103,7 +106,8 @@ impl Window {
 
 pub struct Coalescer {
     limits: Limits,
-    windows: HashMap<String, Window>,
+    /// Keyed by (app, entity): one batch call asks for one entity of one app.
+    windows: HashMap<(String, Entity), Window>,
 }
 
 impl Coalescer {
@@ -122,28 +126,27 @@ impl Coalescer {
     pub fn insert(
         &mut self,
         app_id: &str,
-        customer_id: &str,
+        entity: Entity,
+        id: &str,
         contribution: Contribution,
         now: Instant,
     ) -> Option<Flush> {
-        let window = self
-            .windows
-            .entry(app_id.to_owned())
-            .or_insert_with(|| Window {
-                ids: IndexMap::new(),
-                opened_at: now,
-                last_new_id_at: now,
-            });
-        if !window.ids.contains_key(customer_id) {
+        let key = (app_id.to_owned(), entity);
+        let window = self.windows.entry(key.clone()).or_insert_with(|| Window {
+            ids: IndexMap::new(),
+            opened_at: now,
+            last_new_id_at: now,
+        });
+        if !window.ids.contains_key(id) {
             window.last_new_id_at = now;
         }
         window
             .ids
-            .entry(customer_id.to_owned())
+            .entry(id.to_owned())
             .or_default()
             .add(contribution);
         if window.ids.len() >= self.limits.max_ids {
-            return self.close(app_id, FlushReason::MaxIds);
+            return self.close(key, FlushReason::MaxIds);
         }
         None
     }
@@ -155,21 +158,21 @@ impl Coalescer {
 
     /// Closes every window that is due at `now`.
     pub fn drain_due(&mut self, now: Instant) -> Vec<Flush> {
-        let due: Vec<(String, FlushReason)> = self
+        let due: Vec<((String, Entity), FlushReason)> = self
             .windows
             .iter()
-            .filter_map(|(app, w)| w.reason_at(&self.limits, now).map(|r| (app.clone(), r)))
+            .filter_map(|(key, w)| w.reason_at(&self.limits, now).map(|r| (key.clone(), r)))
             .collect();
         due.into_iter()
-            .filter_map(|(app, reason)| self.close(&app, reason))
+            .filter_map(|(key, reason)| self.close(key, reason))
             .collect()
     }
 
     /// Closes every window (shutdown).
     pub fn drain_all(&mut self) -> Vec<Flush> {
-        let apps: Vec<String> = self.windows.keys().cloned().collect();
-        apps.into_iter()
-            .filter_map(|app| self.close(&app, FlushReason::Drain))
+        let keys: Vec<(String, Entity)> = self.windows.keys().cloned().collect();
+        keys.into_iter()
+            .filter_map(|key| self.close(key, FlushReason::Drain))
             .collect()
     }
 
@@ -178,11 +181,14 @@ impl Coalescer {
         self.windows.values().map(|w| w.ids.len()).sum()
     }
 
-    fn close(&mut self, app_id: &str, reason: FlushReason) -> Option<Flush> {
-        self.windows.remove(app_id).map(|w| Flush {
-            app_id: app_id.to_owned(),
+    fn close(&mut self, key: (String, Entity), reason: FlushReason) -> Option<Flush> {
+        let window = self.windows.remove(&key)?;
+        let (app_id, entity) = key;
+        Some(Flush {
+            app_id,
+            entity,
             reason,
-            ids: w.ids,
+            ids: window.ids,
         })
     }
 }
@@ -190,6 +196,8 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const C: Entity = Entity::Customer;
 
     const LIMITS: Limits = Limits {
         max_ids: 3,
@@ -214,15 +222,15 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Coalescer::new(LIMITS);
         assert!(
-            c.insert("a", "c1", event(1, "add_customer", 10), t0)
+            c.insert("a", C, "c1", event(1, "add_customer", 10), t0)
                 .is_none()
         );
         assert!(
-            c.insert("a", "c2", event(2, "add_customer", 11), t0)
+            c.insert("a", C, "c2", event(2, "add_customer", 11), t0)
                 .is_none()
         );
         let flush = c
-            .insert("a", "c3", event(3, "add_customer", 12), t0)
+            .insert("a", C, "c3", event(3, "add_customer", 12), t0)
             .expect("full");
         assert_eq!(flush.reason, FlushReason::MaxIds);
         assert_eq!(ids(&flush), ["c1", "c2", "c3"]);
@@ -234,10 +242,10 @@ mod tests {
     fn repeated_ids_are_kept_once_with_every_contribution() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(LIMITS);
-        c.insert("a", "c1", event(1, "add_customer", 30), t0);
-        c.insert("a", "c1", event(2, "history_add", 10), t0);
-        c.insert("a", "c1", event(2, "history_add", 20), t0);
-        c.insert("a", "c2", event(3, "update_customer", 40), t0);
+        c.insert("a", C, "c1", event(1, "add_customer", 30), t0);
+        c.insert("a", C, "c1", event(2, "history_add", 10), t0);
+        c.insert("a", C, "c1", event(2, "history_add", 20), t0);
+        c.insert("a", C, "c2", event(3, "update_customer", 40), t0);
         assert_eq!(c.open_ids(), 2);
         let flush = c.drain_all().pop().expect("one window");
         let c1 = &flush.ids["c1"];
@@ -262,7 +270,7 @@ mod tests {
             max_ids: 100,
             ..LIMITS
         });
-        c.insert("quiet", "q1", event(1, "e", 0), t0);
+        c.insert("quiet", C, "q1", event(1, "e", 0), t0);
         assert_eq!(c.next_deadline(), Some(t0 + ms(200)));
         assert!(c.drain_due(t0 + ms(199)).is_empty());
         let flushed = c.drain_due(t0 + ms(200));
@@ -271,7 +279,13 @@ mod tests {
 
         // A new id every 150 ms keeps the quiet timer from firing; max_wait closes the window.
         for i in 0..7u64 {
-            c.insert("busy", &format!("b{i}"), event(i, "e", 0), t0 + ms(150 * i));
+            c.insert(
+                "busy",
+                C,
+                &format!("b{i}"),
+                event(i, "e", 0),
+                t0 + ms(150 * i),
+            );
             assert!(c.drain_due(t0 + ms(150 * i)).is_empty());
         }
         assert_eq!(c.next_deadline(), Some(t0 + ms(1000)));
@@ -285,8 +299,8 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut c = Coalescer::new(LIMITS);
-        c.insert("a", "c1", event(1, "e", 0), t0);
-        c.insert("a", "c1", event(2, "e", 0), t0 + ms(150));
+        c.insert("a", C, "c1", event(1, "e", 0), t0);
+        c.insert("a", C, "c1", event(2, "e", 0), t0 + ms(150));
         assert_eq!(c.drain_due(t0 + ms(200))[0].reason, FlushReason::Quiet);
     }
 
@@ -294,14 +308,37 @@ mod tests {
     fn apps_have_separate_windows() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(LIMITS);
-        c.insert("a", "c1", event(1, "e", 0), t0);
-        c.insert("b", "c1", event(2, "e", 0), t0);
-        c.insert("a", "c2", event(3, "e", 0), t0);
+        c.insert("a", C, "c1", event(1, "e", 0), t0);
+        c.insert("b", C, "c1", event(2, "e", 0), t0);
+        c.insert("a", C, "c2", event(3, "e", 0), t0);
         assert_eq!(c.open_ids(), 3);
         let mut flushed = c.drain_all();
         flushed.sort_by(|x, y| x.app_id.cmp(&y.app_id));
         assert_eq!(ids(&flushed[0]), ["c1", "c2"]);
         assert_eq!(ids(&flushed[1]), ["c1"]);
+    }
+
+    #[test]
+    fn entities_of_one_app_have_separate_windows() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(LIMITS);
+        c.insert("a", C, "same", event(1, "add_customer", 0), t0);
+        c.insert("a", Entity::Contact, "same", event(2, "contact_add", 0), t0);
+        c.insert(
+            "a",
+            Entity::Contact,
+            "k2",
+            event(3, "contact_update", 0),
+            t0,
+        );
+        let mut flushed = c.drain_all();
+        flushed.sort_by_key(|f| f.entity);
+        assert_eq!(flushed.len(), 2);
+        assert_eq!((flushed[0].entity, ids(&flushed[0])), (C, vec!["same"]));
+        assert_eq!(
+            (flushed[1].entity, ids(&flushed[1])),
+            (Entity::Contact, vec!["same", "k2"])
+        );
     }
 
     #[test]
@@ -313,7 +350,7 @@ mod tests {
             max_wait: Duration::ZERO,
         });
         let flush = c
-            .insert("a", "c1", event(1, "e", 0), t0)
+            .insert("a", C, "c1", event(1, "e", 0), t0)
             .expect("immediate");
         assert_eq!(ids(&flush), ["c1"]);
     }

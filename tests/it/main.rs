@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod broker_faults;
+mod contacts;
 mod helpers;
 mod operate;
 mod ops;

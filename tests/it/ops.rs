@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, BasicRejectOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicPublishOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use weiling_relay::entity::Entity;
 use weiling_relay::ops::dlq_replay::{self, Reason, ReplayOptions};
 use weiling_relay::ops::reconcile::{self, Plan, ProgressFile};
 use weiling_relay::simulator::{CallbackDriver, Outcome, RetryPolicy, events};
@@ -91,7 +92,8 @@ async fn reconcile_publishes_known_and_missing_ids_and_resumes_after_an_interrup
     std::fs::write(&ids_file, text).unwrap();
     let ids = reconcile::read_ids(&ids_file).unwrap();
     assert_eq!(ids.len(), 233, "comments, blanks and repeats are dropped");
-    let progress = reconcile::default_progress_path(&ids_file, &rig.app_id).unwrap();
+    let progress =
+        reconcile::default_progress_path(&ids_file, &rig.app_id, Entity::Customer).unwrap();
     let plan = Plan {
         progress_file: Some(progress.clone()),
         ..Plan::new(&rig.app_id, ids.clone())
@@ -233,6 +235,95 @@ async fn reconcile_publishes_known_and_missing_ids_and_resumes_after_an_interrup
         ],
     );
     assert!(!ok && stderr.contains("not configured"), "{stderr}");
+
+    std::fs::remove_dir_all(dir).unwrap();
+    rig.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_of_contacts_uses_contact_batch_and_publishes_contact_records() {
+    let rig = ProcessRig::start("reconcile-contacts").await;
+    rig.channel
+        .queue_bind(
+            rig.check.as_str().into(),
+            rig.settings.amqp.customers_exchange.as_str().into(),
+            "contact.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let known: Vec<String> = (0..120).map(|i| format!("contact-rec-{i:03}")).collect();
+    for id in &known {
+        rig.sim.create(Entity::Contact, &rig.app_id, id);
+    }
+    // A customer id is not a contact id: contact/batch does not know it.
+    rig.sim.create_customer(&rig.app_id, "cust-not-a-contact");
+    let dir = temp_dir("reconcile-contacts");
+    let ids_file = dir.join("contacts.txt");
+    let mut text = known.join("\n");
+    text.push_str("\ncust-not-a-contact\nghost-contact\n");
+    std::fs::write(&ids_file, text).unwrap();
+    let args = [
+        "reconcile",
+        "--app",
+        &rig.app_id,
+        "--entity",
+        "contact",
+        "--ids",
+        ids_file.to_str().unwrap(),
+    ];
+
+    let (ok, stdout, stderr) = run_cli(&rig.env, &args);
+    eprintln!(
+        "$ weiling-relay reconcile --app … --entity contact --ids contacts.txt\n{stdout}{stderr}"
+    );
+    assert!(ok, "{stdout}{stderr}");
+    for line in [
+        "(contacts): 122 ids",
+        "fetched:   120",
+        "missing:   2",
+        "published: 122",
+        "failed:    0",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in {stdout}");
+    }
+    let calls = rig.sim.batch_calls();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.entity == Entity::Contact));
+    let progress =
+        reconcile::default_progress_path(&ids_file, &rig.app_id, Entity::Contact).unwrap();
+    assert!(progress.to_string_lossy().ends_with(".contact.progress"));
+    let subject = reconcile::progress_subject(&rig.app_id, Entity::Contact);
+    assert_eq!(ProgressFile::load(&progress, &subject).unwrap().len(), 122);
+    assert!(
+        ProgressFile::load(&progress, &rig.app_id).is_err(),
+        "a customer run cannot resume from a contact run's file"
+    );
+
+    let records = drain(&rig).await;
+    assert_eq!(records.len(), 122);
+    for (routing_key, body) in &records {
+        assert_eq!(body["schema"], "weiling-relay.contact.v1");
+        assert_eq!(body["source"]["reconcile"], true);
+        let id = body["contact_id"].as_str().unwrap();
+        match rig.sim.record(Entity::Contact, &rig.app_id, id) {
+            Some(record) => {
+                assert_eq!(routing_key, &format!("contact.{}.upsert", rig.app_id));
+                assert_eq!(body["record"], record);
+            }
+            None => {
+                assert_eq!(routing_key, &format!("contact.{}.missing", rig.app_id));
+                assert_eq!(body["record"], Value::Null);
+            }
+        }
+    }
+
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let (ok, stdout, _) = run_cli(&rig.env, &resumed);
+    assert!(ok && stdout.contains("122 skipped"), "{stdout}");
+    assert_eq!(rig.sim.batch_calls().len(), 2, "nothing fetched again");
 
     std::fs::remove_dir_all(dir).unwrap();
     rig.cleanup().await;
