@@ -93,7 +93,7 @@ impl Relay {
                 Duration::from_secs(settings.security.replay_window_s),
                 settings.security.replay_cache_capacity,
             ),
-            persister: Persister::new(publisher, &settings.amqp),
+            persister: Persister::new(publisher, &settings),
             in_flight: Arc::new(Semaphore::new(settings.server.max_in_flight)),
             answer_budget: Duration::from_millis(settings.server.answer_budget_ms),
             retry_after_s: settings.server.retry_after_s,

@@ -95,6 +95,27 @@ pub struct AmqpSettings {
     pub consume_inbox: bool,
 }
 
+/// More partitions than this buys nothing on one cluster and costs a queue (and a consumer) each.
+pub const MAX_INBOX_PARTITIONS: u16 = 64;
+
+impl AmqpSettings {
+    /// The inbox queues: `inbox_queue` itself, or with P > 1 partitions `inbox_queue.0` … `inbox_queue.{P-1}`.
+    pub fn inbox_queues(&self) -> Vec<String> {
+        if self.inbox_partitions <= 1 {
+            vec![self.inbox_queue.clone()]
+        } else {
+            (0..self.inbox_partitions)
+                .map(|i| format!("{}.{i}", self.inbox_queue))
+                .collect()
+        }
+    }
+
+    /// The consistent-hash exchange between the events exchange and the partitions (P > 1 only).
+    pub fn inbox_hash_exchange(&self) -> Option<String> {
+        (self.inbox_partitions > 1).then(|| format!("{}.hash", self.inbox_queue))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSettings {
@@ -423,10 +444,10 @@ impl Settings {
                 ));
             }
         }
-        if a.inbox_partitions != 1 {
+        if !(1..=MAX_INBOX_PARTITIONS).contains(&a.inbox_partitions) {
             return Err(ConfigError::invalid(
                 "amqp.inbox_partitions",
-                "must be 1: this version keeps one inbox queue (scale out with replicas on a quorum inbox)",
+                format!("must be 1–{MAX_INBOX_PARTITIONS}"),
             ));
         }
         positive("amqp.connect_timeout_ms", a.connect_timeout_ms)?;
@@ -762,7 +783,12 @@ mod tests {
             ("WEILING_RELAY__AMQP__URL", "amqps://h/%2f", "amqp.url"),
             (
                 "WEILING_RELAY__AMQP__INBOX_PARTITIONS",
-                "4",
+                "0",
+                "amqp.inbox_partitions",
+            ),
+            (
+                "WEILING_RELAY__AMQP__INBOX_PARTITIONS",
+                "65",
                 "amqp.inbox_partitions",
             ),
             ("WEILING_RELAY__AMQP__PREFETCH", "50", "amqp.prefetch"),

@@ -1,6 +1,9 @@
-//! The broker topology of design.md §4, declared idempotently on every (re)connect.
+//! The broker topology of design.md §4 (and §6 when the inbox is partitioned), declared idempotently
+//! on every (re)connect.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -8,6 +11,10 @@ use crate::config::AmqpSettings;
 
 /// Binding of the inbox to the events exchange: every event of every app.
 pub const INBOX_BINDING: &str = "event.#";
+/// The exchange type of RabbitMQ's bundled rabbitmq_consistent_hash_exchange plugin.
+pub const CONSISTENT_HASH: &str = "x-consistent-hash";
+/// The header the consistent-hash exchange hashes (set on every inbox publish when P > 1).
+pub const PARTITION_HEADER: &str = "partition_key";
 
 /// Declares exchanges, queues and bindings. Re-running it against an existing, identical topology is a
 /// no-op, which is why it runs after every reconnect and after a publish was returned as unroutable.
@@ -38,30 +45,7 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin
         )
         .await?;
 
-    let mut inbox_args = FieldTable::default();
-    inbox_args.insert(
-        "x-queue-type".into(),
-        long_string(amqp.inbox_queue_type.as_str()),
-    );
-    // Messages the broker itself gives up on (rejected, or past a quorum delivery limit) must end in
-    // the dead-letter queue, never vanish.
-    inbox_args.insert("x-dead-letter-exchange".into(), long_string(""));
-    inbox_args.insert(
-        "x-dead-letter-routing-key".into(),
-        long_string(&amqp.dead_letter_queue),
-    );
-    channel
-        .queue_declare(amqp.inbox_queue.as_str().into(), durable_queue, inbox_args)
-        .await?;
-    channel
-        .queue_bind(
-            amqp.inbox_queue.as_str().into(),
-            amqp.events_exchange.as_str().into(),
-            INBOX_BINDING.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_inbox(channel, amqp).await?;
 
     // The unrouted exchange and its queue share a name so operators find one from the other.
     channel
@@ -102,6 +86,84 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin
             customers_args,
         )
         .await?;
+    Ok(())
+}
+
+/// The inbox: one queue bound to the events exchange, or (P > 1) a consistent-hash exchange bound to the
+/// events exchange over P single-active-consumer queues. Every inbox queue dead-letters into the
+/// dead-letter queue, so messages the broker itself gives up on (rejected, or past a quorum delivery
+/// limit) end there and never vanish.
+async fn declare_inbox(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin::Error> {
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut inbox_args = FieldTable::default();
+    inbox_args.insert(
+        "x-queue-type".into(),
+        long_string(amqp.inbox_queue_type.as_str()),
+    );
+    inbox_args.insert("x-dead-letter-exchange".into(), long_string(""));
+    inbox_args.insert(
+        "x-dead-letter-routing-key".into(),
+        long_string(&amqp.dead_letter_queue),
+    );
+    let Some(hash_exchange) = amqp.inbox_hash_exchange() else {
+        channel
+            .queue_declare(amqp.inbox_queue.as_str().into(), durable_queue, inbox_args)
+            .await?;
+        return channel
+            .queue_bind(
+                amqp.inbox_queue.as_str().into(),
+                amqp.events_exchange.as_str().into(),
+                INBOX_BINDING.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+    };
+
+    let mut hash_args = FieldTable::default();
+    hash_args.insert("hash-header".into(), long_string(PARTITION_HEADER));
+    channel
+        .exchange_declare(
+            hash_exchange.as_str().into(),
+            ExchangeKind::Custom(CONSISTENT_HASH.into()),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            hash_args,
+        )
+        .await?;
+    channel
+        .exchange_bind(
+            hash_exchange.as_str().into(),
+            amqp.events_exchange.as_str().into(),
+            INBOX_BINDING.into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // One active consumer per partition: the events of one customer are windowed by one relay at a
+    // time, and a standby takes over when the active one's channel closes.
+    inbox_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    for queue in amqp.inbox_queues() {
+        channel
+            .queue_declare(queue.as_str().into(), durable_queue, inbox_args.clone())
+            .await?;
+        // The binding key of a consistent-hash exchange is the queue's weight; equal weights spread
+        // the hash ring evenly.
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                hash_exchange.as_str().into(),
+                "1".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(())
 }
 

@@ -50,7 +50,7 @@ pub fn inbox_template(settings: &Settings, app: &AppKeys, event: &[u8]) -> Optio
         .verify_post(&sealed.query, &sealed.body, None, now)
         .ok()?
     {
-        Verified::Event(event) => Some(inbox::message(&settings.amqp.events_exchange, event)),
+        Verified::Event(event) => Some(inbox::InboxRouter::new(settings).message(event)),
         Verified::Undecodable(_) => None,
     }
 }

@@ -345,23 +345,24 @@ impl Scenario {
         (latest_ok, ghosts_ok)
     }
 
+    /// Messages in the inbox queues (all partitions); `u32::MAX` when one cannot be read.
     pub async fn inbox_depth(&self) -> u32 {
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        match self
-            .channel
-            .queue_declare(
-                self.settings.amqp.inbox_queue.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(queue) => queue.message_count(),
-            Err(_) => u32::MAX,
+        let mut depth: u32 = 0;
+        for queue in self.settings.amqp.inbox_queues() {
+            match self
+                .channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(queue) => depth = depth.saturating_add(queue.message_count()),
+                Err(_) => return u32::MAX,
+            }
         }
+        depth
     }
 
     /// Stops everything and deletes the queues and exchanges the scenario made.
@@ -618,13 +619,14 @@ async fn check(channel: Channel, queue: String, seen: Arc<Mutex<Seen>>) {
 
 /// Deletes the queues and exchanges a relay with these settings declared, and the checking queue.
 pub async fn cleanup(channel: &Channel, amqp: &AmqpSettings, check_queue: &str) {
+    let inbox = amqp.inbox_queues();
     for queue in [
         check_queue,
-        &amqp.inbox_queue,
         &amqp.dead_letter_queue,
         &amqp.unrouted_exchange,
     ]
     .into_iter()
+    .chain(inbox.iter().map(String::as_str))
     // An empty name means "the last queue declared on this channel" to the broker; never send one.
     .filter(|q| !q.is_empty())
     {
@@ -632,11 +634,16 @@ pub async fn cleanup(channel: &Channel, amqp: &AmqpSettings, check_queue: &str) 
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;
     }
+    let hash = amqp.inbox_hash_exchange().unwrap_or_default();
     for exchange in [
         &amqp.customers_exchange,
         &amqp.events_exchange,
         &amqp.unrouted_exchange,
-    ] {
+        &hash,
+    ]
+    .into_iter()
+    .filter(|e| !e.is_empty())
+    {
         let _ = channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await;

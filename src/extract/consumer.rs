@@ -55,7 +55,7 @@ pub fn spawn(
             };
             match session {
                 Ok(Ok(mut session)) => {
-                    info!(queue = %pipeline.amqp.inbox_queue, "inbox consumer up");
+                    info!(queues = ?pipeline.amqp.inbox_queues(), "inbox consumer up");
                     backoff = reconnect_backoff(&pipeline.amqp);
                     let end = session.run(&pipeline, &stop, &abort).await;
                     session.close().await;
@@ -88,8 +88,10 @@ fn reconnect_backoff(amqp: &AmqpSettings) -> backon::ExponentialBackoff {
 struct Session {
     connection: Connection,
     channel: Channel,
-    consumer: lapin::Consumer,
-    consumer_tag: String,
+    /// One consumer per inbox queue (partition), merged; delivery tags are per channel, so one
+    /// tracker acks them all.
+    consumer: futures::stream::SelectAll<Deliveries>,
+    consumer_tags: Vec<String>,
 }
 
 impl Session {
@@ -104,20 +106,44 @@ impl Session {
         channel
             .basic_qos(pipeline.amqp.prefetch, BasicQosOptions::default())
             .await?;
-        let consumer_tag = format!("{}-{}", pipeline.connection_name, std::process::id());
-        let consumer = channel
-            .basic_consume(
-                pipeline.amqp.inbox_queue.as_str().into(),
-                consumer_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        // With partitions each queue has single-active-consumer: this process is active on the
+        // partitions it subscribed to first and a standby on the others, taking over when the active
+        // relay's channel closes.
+        let mut consumer = futures::stream::SelectAll::new();
+        let mut consumer_tags = Vec::new();
+        for queue in pipeline.amqp.inbox_queues() {
+            let tag = format!(
+                "{}-{}-{queue}",
+                pipeline.connection_name,
+                std::process::id()
+            );
+            let deliveries = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            // One ended consumer (its queue deleted, say) must end the session like a lone one
+            // would, so the reconnect re-declares the topology; the merged stream alone would go
+            // on with the other partitions.
+            let ended = futures::stream::once(async move {
+                Err(format!("consumer of {queue} cancelled by the broker"))
+            });
+            let merged: Deliveries = Box::pin(
+                deliveries
+                    .map(|next| next.map_err(|error| format!("consumer error: {error}")))
+                    .chain(ended),
+            );
+            consumer.push(merged);
+            consumer_tags.push(tag);
+        }
         Ok(Session {
             connection,
             channel,
             consumer,
-            consumer_tag,
+            consumer_tags,
         })
     }
 
@@ -135,7 +161,7 @@ impl Session {
         let Session {
             channel,
             consumer,
-            consumer_tag,
+            consumer_tags,
             ..
         } = self;
         let mut driver = Driver::new(pipeline, channel, abort);
@@ -151,11 +177,13 @@ impl Session {
                 () = stop.cancelled(), if !draining => {
                     draining = true;
                     // No new deliveries; everything already taken is flushed, confirmed and acked.
-                    let _ = tokio::time::timeout(
-                        ACK_TIMEOUT,
-                        channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()),
-                    )
-                    .await;
+                    for tag in consumer_tags.iter() {
+                        let _ = tokio::time::timeout(
+                            ACK_TIMEOUT,
+                            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+                        )
+                        .await;
+                    }
                     for flush in driver.coalescer.drain_all() {
                         driver.start_flush(flush);
                     }
@@ -173,7 +201,7 @@ impl Session {
                 }
                 next = consumer.next(), if !draining => match next {
                     Some(Ok(delivery)) => driver.on_delivery(delivery).await,
-                    Some(Err(error)) => Err(format!("consumer error: {error}")),
+                    Some(Err(reason)) => Err(reason),
                     None => Err("consumer cancelled by the broker".into()),
                 },
             };
@@ -183,6 +211,11 @@ impl Session {
         }
     }
 }
+
+/// Sync as well as Send: the session is borrowed across awaits in a spawned task.
+type Deliveries = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<lapin::message::Delivery, String>> + Send + Sync>,
+>;
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {

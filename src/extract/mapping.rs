@@ -88,6 +88,16 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// The entity and first id an event names, if any: what a partitioned inbox routes by.
+    pub fn first_id(&self, event_type: &str, message: &Value) -> Option<(Entity, String)> {
+        match self.extract(event_type, message) {
+            Extracted::Ids(entity, ids) => ids.into_iter().next().map(|id| (entity, id)),
+            Extracted::Unmapped | Extracted::NoIds => None,
+        }
+    }
+}
+
 fn push_distinct(ids: &mut Vec<String>, id: String) {
     if !ids.contains(&id) {
         ids.push(id);

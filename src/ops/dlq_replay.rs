@@ -32,6 +32,7 @@ use tracing::{debug, info};
 use super::{BROKER_OP_TIMEOUT, OpsError, publish_confirmed, start_publisher, stop_publisher};
 use crate::amqp::Outgoing;
 use crate::config::Settings;
+use crate::amqp::topology::PARTITION_HEADER;
 use crate::persist::{dead_letter, inbox};
 use crate::verify::{Apps, CallbackQuery, Rejection, Verified, Verifier, unix_ms};
 
@@ -405,6 +406,8 @@ fn judge(
         .and_then(|v| u64::try_from(v).ok())
         .unwrap_or_else(|| unix_ms(SystemTime::now()));
     let amqp = &settings.amqp;
+    // Built per letter: replay is an operator's tool, and the router is a small map.
+    let router = inbox::InboxRouter::new(settings);
     match reason {
         Reason::Decrypt | Reason::ReceiveId => {
             let (Some(msg_signature), Some(timestamp), Some(nonce)) =
@@ -421,10 +424,7 @@ fn judge(
             match verifier.verify_post_replay(&app_id, &query, body, received_at_ms) {
                 Err(Rejection::Unauthorized(_)) => Verdict::Failing("unverifiable"),
                 Err(Rejection::BadRequest(_)) => Verdict::Failing("malformed"),
-                Ok(Verified::Event(event)) => Verdict::Replay(
-                    inbox::message(&amqp.events_exchange, event),
-                    reason.as_str(),
-                ),
+                Ok(Verified::Event(event)) => Verdict::Replay(router.message(event), reason.as_str()),
                 Ok(Verified::Undecodable(letter)) => {
                     let replays = headers
                         .and_then(|h| h.get(REPLAYED_HEADER))
@@ -441,7 +441,7 @@ fn judge(
             }
         }
         Reason::Json => match verifier.reread_json_letter(&app_id, body.to_vec(), received_at_ms) {
-            Ok(event) => Verdict::Replay(inbox::message(&amqp.events_exchange, event), "json"),
+            Ok(event) => Verdict::Replay(router.message(event), "json"),
             Err(_) => Verdict::Failing("json"),
         },
         Reason::Rejected => {
@@ -466,6 +466,17 @@ fn judge(
                 })
                 .unwrap_or_default();
             let mut table = FieldTable::default();
+            // A letter from before the inbox was partitioned has no key; the hash exchange needs one.
+            if !kept.contains_key(PARTITION_HEADER) {
+                let message_id = properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                if let Some(key) = router.partition_key(&app_id, &event_type, body, &message_id) {
+                    table.insert(PARTITION_HEADER.into(), AMQPValue::LongString(key.into()));
+                }
+            }
             for (k, v) in kept {
                 table.insert(k, v);
             }

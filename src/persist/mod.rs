@@ -4,24 +4,26 @@
 pub mod dead_letter;
 pub mod inbox;
 
+use std::sync::Arc;
+
 use crate::amqp::{PublishError, Publisher};
-use crate::config::AmqpSettings;
+use crate::config::Settings;
 use crate::verify::{AuthenticUndecodable, VerifiedEvent};
 
 /// Stores callbacks with one confirmed publish each.
 #[derive(Clone)]
 pub struct Persister {
     publisher: Publisher,
-    events_exchange: String,
+    inbox: Arc<inbox::InboxRouter>,
     dead_letter_queue: String,
 }
 
 impl Persister {
-    pub fn new(publisher: Publisher, amqp: &AmqpSettings) -> Self {
+    pub fn new(publisher: Publisher, settings: &Settings) -> Self {
         Self {
             publisher,
-            events_exchange: amqp.events_exchange.clone(),
-            dead_letter_queue: amqp.dead_letter_queue.clone(),
+            inbox: Arc::new(inbox::InboxRouter::new(settings)),
+            dead_letter_queue: settings.amqp.dead_letter_queue.clone(),
         }
     }
 
@@ -32,7 +34,7 @@ impl Persister {
     /// Resolves once the broker confirmed the event is in every bound queue, the inbox included.
     pub async fn store_event(&self, event: VerifiedEvent) -> Result<(), PublishError> {
         self.publisher
-            .publish(inbox::message(&self.events_exchange, event))
+            .publish(self.inbox.message(event))
             .await
     }
 

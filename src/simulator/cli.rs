@@ -6,6 +6,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use super::{CallbackDriver, Outcome, RetryPolicy, SimConfig, Simulator, events};
+use crate::entity::Entity;
 use crate::verify::AppKeys;
 
 #[derive(Debug, clap::Args)]
@@ -26,7 +27,10 @@ pub struct SimArgs {
     /// Customers to create at start.
     #[arg(long, default_value_t = 100)]
     pub customers: usize,
-    /// Also send this many customer-change callbacks to `--relay` (needs --token and --encoding-aes-key).
+    /// Contacts to create at start (`contact/batch`).
+    #[arg(long, default_value_t = 20)]
+    pub contacts: usize,
+    /// Also send this many change callbacks (every fifth about a contact) to `--relay` (needs --token and --encoding-aes-key).
     #[arg(long, default_value_t = 0)]
     pub callbacks: usize,
     /// Base URL of a running relay, e.g. http://127.0.0.1:8080.
@@ -58,12 +62,19 @@ pub async fn run(args: SimArgs) -> Result<(), SimError> {
     for id in &ids {
         sim.create_customer(&args.app_id, id);
     }
+    let contacts: Vec<String> = (0..args.contacts)
+        .map(|i| format!("sim-contact-{i:05}"))
+        .collect();
+    for id in &contacts {
+        sim.create(Entity::Contact, &args.app_id, id);
+    }
     let listener =
         TcpListener::bind(&args.listen).map_err(|e| SimError::Listen(args.listen.clone(), e))?;
     let server = sim.serve(listener).map_err(SimError::Server)?;
     println!("Weiling simulator on http://{}", args.listen);
     println!("  app_id     {}", args.app_id);
     println!("  customers  {} (sim-00000 …)", ids.len());
+    println!("  contacts   {} (sim-contact-00000 …)", contacts.len());
     let handle = server.handle();
     let serving = tokio::spawn(server);
 
@@ -83,16 +94,21 @@ pub async fn run(args: SimArgs) -> Result<(), SimError> {
         let driver = CallbackDriver::new(relay, keys, RetryPolicy::default());
         let mut acknowledged = 0;
         for i in 0..args.callbacks {
-            let Some(id) = ids.get(i % ids.len().max(1)) else {
-                break;
+            // Every fifth change is a contact's, when there are contacts.
+            let event = match contacts.get(i / 5 % contacts.len().max(1)) {
+                Some(id) if i % 5 == 4 => {
+                    sim.change(Entity::Contact, &args.app_id, id);
+                    events::contact_update(id)
+                }
+                _ => {
+                    let Some(id) = ids.get(i % ids.len().max(1)) else {
+                        break;
+                    };
+                    sim.change_customer(&args.app_id, id);
+                    events::update_customer(id)
+                }
             };
-            sim.change_customer(&args.app_id, id);
-            if driver
-                .send(&events::update_customer(id).to_json(&args.app_id))
-                .await
-                .outcome
-                == Outcome::Ok
-            {
+            if driver.send(&event.to_json(&args.app_id)).await.outcome == Outcome::Ok {
                 acknowledged += 1;
             }
         }

@@ -11,4 +11,5 @@ mod ops;
 mod pipeline;
 mod process;
 mod receive;
+mod scale;
 mod support;

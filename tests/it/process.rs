@@ -114,6 +114,8 @@ pub struct ProcessRig {
     pub check: String,
     /// The latest record per customer read from the checking queue so far.
     latest: std::sync::Mutex<HashMap<String, (u64, serde_json::Value)>>,
+    /// How often each record `message_id` was read: more than once is a duplicate delivery.
+    message_ids: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl ProcessRig {
@@ -123,6 +125,11 @@ impl ProcessRig {
 
     /// The same against another broker (a private node the test may stop).
     pub async fn start_on(name: &str, amqp_url: &str) -> ProcessRig {
+        Self::start_with(name, amqp_url, &[]).await
+    }
+
+    /// With extra environment for the relay (settings the topology depends on, such as partitions).
+    pub async fn start_with(name: &str, amqp_url: &str, extra: &[(&str, &str)]) -> ProcessRig {
         use crate::helpers::{AES_KEY, TOKEN, unique};
         use lapin::options::{QueueBindOptions, QueueDeclareOptions};
         use lapin::types::FieldTable;
@@ -154,6 +161,11 @@ impl ProcessRig {
         env.insert(
             "WEILING_RELAY__SERVER__LISTEN".into(),
             format!("127.0.0.1:{port}"),
+        );
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         let settings = weiling_relay::config::Settings::load(None, &env).unwrap();
         let connection =
@@ -196,6 +208,7 @@ impl ProcessRig {
             channel,
             check,
             latest: Default::default(),
+            message_ids: Default::default(),
         }
     }
 
@@ -270,6 +283,14 @@ impl ProcessRig {
                         serde_json::from_slice(&message.delivery.data).unwrap();
                     let id = body["customer_id"].as_str().unwrap().to_owned();
                     let at = body["fetched_at"].as_u64().unwrap();
+                    if let Some(message_id) = message.delivery.properties.message_id() {
+                        *self
+                            .message_ids
+                            .lock()
+                            .unwrap()
+                            .entry(message_id.to_string())
+                            .or_default() += 1;
+                    }
                     let mut latest = self.latest.lock().unwrap();
                     if latest.get(&id).is_none_or(|(t, _)| at >= *t) {
                         latest.insert(id, (at, body["record"].clone()));
@@ -293,6 +314,16 @@ impl ProcessRig {
             .cloned()
             .collect();
         (stale, received)
+    }
+
+    /// Records read more than once (same `message_id`), counting each extra copy.
+    pub fn duplicate_records(&self) -> usize {
+        self.message_ids
+            .lock()
+            .unwrap()
+            .values()
+            .map(|n| n - 1)
+            .sum()
     }
 
     pub async fn cleanup(self) {
