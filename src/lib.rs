@@ -14,6 +14,7 @@ pub mod enrich;
 pub mod entity;
 pub mod extract;
 pub mod metrics;
+pub mod mirror;
 pub mod ops;
 pub mod persist;
 pub mod publish;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weiling_relay::app::Relay;
 use weiling_relay::config::Settings;
-use weiling_relay::{bench, demo, ops, simulator, telemetry};
+use weiling_relay::{bench, demo, mirror, ops, simulator, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,8 @@ enum Command {
         #[command(subcommand)]
         command: ops::DlqCommand,
     },
+    /// Keep a PostgreSQL mirror of the customer (and contact) records, from the mirror's own queue.
+    Mirror(mirror::MirrorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mirror(args) => Ok(runtime.block_on(mirror::run_cli(args, &env))?),
         Command::Demo(args) => {
             let ok = runtime.block_on(demo::run(args))?;
             if !ok {

@@ -29,6 +29,9 @@ pub const COALESCING_RATIO: &str = "relay_coalescing_ratio";
 pub const END_TO_END: &str = "relay_end_to_end_seconds";
 pub const HTTP_REQUESTS: &str = "relay_http_requests_total";
 pub const HTTP_REQUEST: &str = "relay_http_request_seconds";
+pub const MIRROR_RECORDS: &str = "relay_mirror_records_total";
+pub const MIRROR_DEAD_LETTERS: &str = "relay_mirror_dead_letters_total";
+pub const MIRROR_BATCH: &str = "relay_mirror_batch_seconds";
 
 const FAST: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5,
@@ -147,6 +150,21 @@ const DEFS: &[Def] = &[
         kind: Kind::Histogram(FAST, Unit::Seconds),
         help: "HTTP request duration, by route pattern.",
     },
+    Def {
+        name: MIRROR_RECORDS,
+        kind: Kind::Counter,
+        help: "Records the mirror committed, by entity (customer, contact) and outcome (applied, deleted, stale, duplicate).",
+    },
+    Def {
+        name: MIRROR_DEAD_LETTERS,
+        kind: Kind::Counter,
+        help: "Records the mirror could not apply and dead-lettered, by reason (mirror_schema, mirror_signature, mirror_data).",
+    },
+    Def {
+        name: MIRROR_BATCH,
+        kind: Kind::Histogram(FAST, Unit::Seconds),
+        help: "Time to apply and commit one batch of records in PostgreSQL.",
+    },
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -253,6 +271,18 @@ pub fn publish_failed(reason: &'static str) {
 pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
     counter!(HTTP_REQUESTS, "method" => method.to_owned(), "route" => route.to_owned(), "status" => status.to_string()).increment(1);
     histogram!(HTTP_REQUEST, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn mirror_record(entity: &'static str, outcome: &'static str) {
+    counter!(MIRROR_RECORDS, "entity" => entity, "outcome" => outcome).increment(1);
+}
+
+pub fn mirror_dead_letter(reason: &'static str) {
+    counter!(MIRROR_DEAD_LETTERS, "reason" => reason).increment(1);
+}
+
+pub fn mirror_batch(elapsed: Duration) {
+    histogram!(MIRROR_BATCH).record(elapsed.as_secs_f64());
 }
 
 #[cfg(test)]

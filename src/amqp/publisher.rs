@@ -460,7 +460,7 @@ fn take_one(returned: &mut HashMap<ShortString, usize>, id: ShortString) -> Opti
 }
 
 /// Asks for a short heartbeat unless the URL sets one, so a half-open link is noticed in seconds.
-fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {
+pub(crate) fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {
     if url.contains("heartbeat=") {
         return url.to_owned();
     }

@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Extracted, Mapping};
 use crate::ack::AckTracker;
+use crate::amqp::publisher::with_heartbeat;
 use crate::config::{AmqpSettings, WindowSettings};
 use crate::publish::RecordSink;
 use crate::publish::flush::{self, FlushOutcome};
@@ -98,8 +99,10 @@ impl Session {
     async fn open(pipeline: &Pipeline) -> Result<Session, lapin::Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(pipeline.connection_name.as_str().into());
-        let url = pipeline.amqp.url.expose_secret();
-        let connection = Connection::connect(url, properties).await?;
+        // The configured heartbeat, not the broker's 60 s: over a half-open link the deliveries this
+        // session holds stay unacked (and invisible to every other consumer) until one side notices.
+        let url = with_heartbeat(pipeline.amqp.url.expose_secret(), pipeline.amqp.heartbeat_s);
+        let connection = Connection::connect(&url, properties).await?;
         let channel = connection.create_channel().await?;
         crate::amqp::topology::declare(&channel, &pipeline.amqp).await?;
         // The prefetch exceeds the largest window (validated at start), so a window can always fill.

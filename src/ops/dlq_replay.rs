@@ -32,6 +32,7 @@ use tracing::{debug, info};
 use super::{BROKER_OP_TIMEOUT, OpsError, publish_confirmed, start_publisher, stop_publisher};
 use crate::amqp::Outgoing;
 use crate::config::Settings;
+use crate::amqp::publisher::with_heartbeat;
 use crate::amqp::topology::PARTITION_HEADER;
 use crate::persist::{dead_letter, inbox};
 use crate::verify::{Apps, CallbackQuery, Rejection, Verified, Verifier, unix_ms};
@@ -202,7 +203,7 @@ pub async fn replay(
     let connection = within(
         "connect",
         Connection::connect(
-            amqp.url.expose_secret(),
+            &with_heartbeat(amqp.url.expose_secret(), amqp.heartbeat_s),
             ConnectionProperties::default().with_connection_name("weiling-relay dlq replay".into()),
         ),
     )

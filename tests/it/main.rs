@@ -1,4 +1,5 @@
-//! The single integration test binary: every test talks to the real local RabbitMQ.
+//! The single integration test binary: every test talks to the real local RabbitMQ (the mirror tests
+//! also to PostgreSQL).
 
 // Test support code panics on purpose: a failed setup step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -6,6 +7,7 @@
 mod broker_faults;
 mod contacts;
 mod helpers;
+mod mirror;
 mod operate;
 mod ops;
 mod pipeline;
