@@ -33,7 +33,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the simulator, the relay and a checking consumer on the local RabbitMQ; print a summary.
+    /// Run the simulator, the relay, a checking consumer and the PostgreSQL mirror; print a summary.
     Demo(demo::DemoArgs),
     /// The Weiling simulator on its own (token and batch endpoints, callback sender).
     Sim(simulator::cli::SimArgs),
@@ -99,7 +99,9 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             let ok = runtime.block_on(demo::run(args))?;
             if !ok {
-                anyhow::bail!("the demo found lost callbacks");
+                anyhow::bail!(
+                    "the demo found problems (lost callbacks, a failed repair step or mirror differences); see its summary"
+                );
             }
             Ok(())
         }

@@ -1,8 +1,10 @@
-//! `weiling-relay demo`: the simulator, the relay and a checking consumer on the local RabbitMQ; a burst
-//! of customer changes through real callbacks, with token expiry, a rate-limit spell and 5xx faults;
-//! then the repair steps (a reconcile, and a key rotation fixed by a dead-letter replay); a summary
-//! table. Exits non-zero if anything acknowledged was lost or a repair step failed.
+//! `weiling-relay demo`: the simulator, the relay, a checking consumer and the PostgreSQL mirror on the
+//! local RabbitMQ; a burst of customer changes through real callbacks, with token expiry, a rate-limit
+//! spell and 5xx faults; then the repair steps (a reconcile, and a key rotation fixed by a dead-letter
+//! replay); then the mirror's tables compared with the simulator row by row; a summary table. Exits
+//! non-zero if anything acknowledged was lost, a repair step failed or the mirror differs.
 
+pub mod mirror_check;
 pub mod repair;
 pub mod scenario;
 
@@ -14,9 +16,18 @@ use secrecy::SecretString;
 
 use crate::verify::AppKeys;
 use crate::verify::seal::seal_ciphertext;
+use mirror_check::{DemoMirror, MirrorReport};
+use repair::RepairReport;
 use scenario::{Report, Scenario, ScenarioConfig, ScenarioError, percentile};
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The demo also runs the PostgreSQL mirror (`weiling-relay mirror`, in this process) on its own \
+queue and a unique schema, both removed at the end. Once the run has settled it compares the mirror's \
+tables with the simulator's final state row by row: every customer's row holds exactly the simulator's \
+record, every unknown id is a deleted row, no row is extra. The summary shows the rows compared and the \
+differences; any difference makes the exit code non-zero."
+)]
 pub struct DemoArgs {
     /// Customer-change callbacks to send.
     #[arg(long, default_value_t = 3000)]
@@ -30,13 +41,76 @@ pub struct DemoArgs {
     /// Fraction of Weiling batch calls the simulator fails with HTTP 5xx.
     #[arg(long, default_value_t = 0.05)]
     pub fault_5xx: f64,
+    /// PostgreSQL for the mirror the demo runs and compares with the simulator (a unique schema,
+    /// dropped at the end).
+    #[arg(
+        long,
+        env = "WEILING_RELAY_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        default_value = mirror_check::DEFAULT_DATABASE_URL,
+        value_parser = parse_secret
+    )]
+    pub database_url: SecretString,
+}
+
+fn parse_secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(raw))
+}
+
+/// Everything the demo measured.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    pub report: Report,
+    pub forged_401: usize,
+    pub dead_letters: usize,
+    pub repair: RepairReport,
+    pub mirror: MirrorReport,
+}
+
+impl DemoOutcome {
+    /// Nothing lost, the edge checks and repair steps as expected, the mirror equal to the simulator.
+    pub fn ok(&self) -> bool {
+        self.report.ok()
+            && self.forged_401 == FORGED
+            && self.dead_letters == WRONG_KEY
+            && self.repair.ok(WRONG_KEY)
+            && self.mirror.ok()
+    }
 }
 
 const FORGED: usize = 20;
 const WRONG_KEY: usize = 5;
 
-/// Runs the demo and returns whether nothing was lost.
+/// Runs the demo, prints the summary and returns whether nothing was lost.
 pub async fn run(args: DemoArgs) -> Result<bool, ScenarioError> {
+    let outcome = execute(&args).await?;
+    print_summary(
+        &outcome.report,
+        outcome.forged_401,
+        outcome.dead_letters,
+        &outcome
+            .repair
+            .rows(WRONG_KEY)
+            .into_iter()
+            .chain(outcome.mirror.rows())
+            .collect::<Vec<_>>(),
+    );
+    let ok = outcome.ok();
+    println!(
+        "\n{}",
+        if ok {
+            "OK: nothing lost"
+        } else {
+            "FAILED: see the table"
+        }
+    );
+    Ok(ok)
+}
+
+/// Runs the demo (printing only its opening lines) and returns the measurements. The mirror's
+/// queue and schema and the scenario's queues are removed on the way out, also after an error.
+pub async fn execute(args: &DemoArgs) -> Result<DemoOutcome, ScenarioError> {
     let amqp_url = std::env::var("WEILING_RELAY__AMQP__URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
     let config = ScenarioConfig {
@@ -58,25 +132,57 @@ pub async fn run(args: DemoArgs) -> Result<bool, ScenarioError> {
         config.expire_tokens_every.unwrap_or(0),
         config.fault_5xx_ratio * 100.0
     );
-    let scenario = Scenario::start(&amqp_url, &config.relay_env).await?;
-    let report = scenario.drive(&config).await;
-    let (forged_401, dead_letters) = edge_checks(&scenario).await?;
-    // Must follow edge_checks: the replay meets its wrong-key letters and must leave them failing.
-    let repair = repair::run(&scenario).await;
-    scenario.finish().await?;
-
-    print_summary(&report, forged_401, dead_letters, &repair.rows(WRONG_KEY));
-    let ok =
-        report.ok() && forged_401 == FORGED && dead_letters == WRONG_KEY && repair.ok(WRONG_KEY);
+    // PostgreSQL first: when it is not there, say so before anything else starts.
+    let mut mirror = DemoMirror::open(&args.database_url).await?;
     println!(
-        "\n{}",
-        if ok {
-            "OK: nothing lost"
-        } else {
-            "FAILED: see the table"
-        }
+        "PostgreSQL mirror: {} (dropped at the end), compared with the simulator row by row",
+        mirror.describe()
     );
-    Ok(ok)
+    let scenario = match Scenario::start(&amqp_url, &config.relay_env).await {
+        Ok(scenario) => scenario,
+        Err(error) => {
+            warn_all(&mirror.close().await.warnings);
+            return Err(error);
+        }
+    };
+    let result = steps(&scenario, &config, &mut mirror).await;
+    let closed = mirror.close().await;
+    warn_all(&closed.warnings);
+    let finished = scenario.finish().await;
+    let mut outcome = result?;
+    finished?;
+    if let Some(error) = closed.error {
+        outcome.mirror.error.get_or_insert(error);
+    }
+    Ok(outcome)
+}
+
+async fn steps(
+    scenario: &Scenario,
+    config: &ScenarioConfig,
+    mirror: &mut DemoMirror,
+) -> Result<DemoOutcome, ScenarioError> {
+    // Subscribed before the first callback, like the checking consumer.
+    mirror.start(scenario).await?;
+    let report = scenario.drive(config).await;
+    let (forged_401, dead_letters) = edge_checks(scenario).await?;
+    // Must follow edge_checks: the replay meets its wrong-key letters and must leave them failing.
+    let repair = repair::run(scenario).await;
+    // After the repair steps: the reconcile and the replay publish records too.
+    let mirror = mirror.settle_and_compare(scenario, &report, &repair).await;
+    Ok(DemoOutcome {
+        report,
+        forged_401,
+        dead_letters,
+        repair,
+        mirror,
+    })
+}
+
+fn warn_all(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// Forged signatures must be refused and undecryptable callbacks dead-lettered, never dropped.

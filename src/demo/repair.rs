@@ -31,6 +31,8 @@ const ARRIVAL_LIMIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Default)]
 pub struct RepairReport {
+    /// The id Weiling does not know that the reconcile step asked for (published as `missing`).
+    pub reconcile_unknown: Option<String>,
     pub reconcile: Option<Summary>,
     /// Reconciled records (`source.reconcile = true`) the checking queue received, by customer.
     pub reconciled_seen: usize,
@@ -152,6 +154,7 @@ async fn steps(scenario: &Scenario, report: &mut RepairReport) -> Result<(), Str
         "reconcile-unknown-{}",
         Alphanumeric.sample_string(&mut rand::rng(), 8)
     );
+    report.reconcile_unknown = Some(unknown.clone());
     ids.push(unknown);
     let summary = reconcile::reconcile(
         settings,

@@ -74,6 +74,9 @@ pub enum ScenarioError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Key(#[from] crate::verify::cipher::KeyError),
+    /// The demo's PostgreSQL mirror could not be set up (the text never shows a password).
+    #[error("{0}")]
+    Mirror(String),
 }
 
 /// The scenario's measurements.
@@ -91,6 +94,11 @@ pub struct Report {
     pub unexpected: Vec<String>,
     pub unknown_ids_sent: usize,
     pub unknown_ids_missing_seen: usize,
+    /// The unknown ids whose callbacks were acknowledged (each must come out as `missing`).
+    pub unknown_ids: Vec<String>,
+    /// Unknown ids whose callbacks were not acknowledged: a `missing` record for them may or may not
+    /// exist.
+    pub unknown_ids_unacknowledged: Vec<String>,
     pub batch_calls: usize,
     pub max_ids_per_call: usize,
     pub ids_requested: usize,
@@ -129,6 +137,8 @@ pub struct Scenario {
     pub relay: Option<Relay>,
     pub settings: Settings,
     pub app: Arc<AppKeys>,
+    /// The run's unique prefix of queue and exchange names.
+    pub prefix: String,
     sim_server: actix_web::dev::ServerHandle,
     connection: Connection,
     channel: Channel,
@@ -192,6 +202,7 @@ impl Scenario {
             relay: Some(relay),
             settings,
             app,
+            prefix,
             sim_server: sim_handle,
             connection,
             channel,
@@ -269,10 +280,15 @@ impl Scenario {
                 }
             } else {
                 report.not_acknowledged += 1;
+                if let Step::Unknown(id) = step {
+                    report.unknown_ids_unacknowledged.push(id.clone());
+                }
             }
         }
         report.customers_changed = changed.len();
         report.unknown_ids_sent = ghosts.len();
+        report.unknown_ids = ghosts.iter().cloned().collect();
+        report.unknown_ids.sort();
 
         // Settle: every acknowledged change is visible downstream, or the timeout passed.
         let settle_started = Instant::now();
@@ -343,6 +359,11 @@ impl Scenario {
             })
             .count();
         (latest_ok, ghosts_ok)
+    }
+
+    /// Records the checking consumer has received so far (it keeps consuming until [`Self::finish`]).
+    pub fn records_received(&self) -> usize {
+        lock(&self.seen).total
     }
 
     /// Messages in the inbox queues (all partitions); `u32::MAX` when one cannot be read.

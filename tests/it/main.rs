@@ -6,6 +6,7 @@
 
 mod broker_faults;
 mod contacts;
+mod demo;
 mod helpers;
 mod mirror;
 mod operate;
