@@ -344,6 +344,24 @@ impl Settings {
     /// Loads and validates the settings. `env` is the process environment in production and a map in
     /// tests, so tests never mutate global state.
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let settings = Self::load_unchecked_apps(file, env)?;
+        settings.require_apps()?;
+        Ok(settings)
+    }
+
+    /// For tools that never verify callbacks nor call Weiling (`weiling-relay mirror`): the same
+    /// layering and validation, but an empty `[[apps]]` list is fine (listed apps are still checked).
+    pub fn load_without_apps(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_unchecked_apps(file, env)
+    }
+
+    fn load_unchecked_apps(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
@@ -406,6 +424,16 @@ impl Settings {
             encoding_aes_keys,
             check_receive_id: true,
         }];
+        Ok(())
+    }
+
+    fn require_apps(&self) -> Result<(), ConfigError> {
+        if self.apps.is_empty() {
+            return Err(ConfigError::invalid(
+                "apps",
+                "needs at least one [[apps]] block (or WEILING_RELAY_APP_ID, _APP_SECRET, _TOKEN, _ENCODING_AES_KEY)",
+            ));
+        }
         Ok(())
     }
 
@@ -493,12 +521,6 @@ impl Settings {
         }
         positive("security.replay_cache_capacity", sec.replay_cache_capacity)?;
 
-        if self.apps.is_empty() {
-            return Err(ConfigError::invalid(
-                "apps",
-                "needs at least one [[apps]] block (or WEILING_RELAY_APP_ID, _APP_SECRET, _TOKEN, _ENCODING_AES_KEY)",
-            ));
-        }
         let mut seen = std::collections::HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
             validate_app(i, app)?;
@@ -713,6 +735,20 @@ mod tests {
                 ids: vec!["/business_related_id".into()],
                 when: BTreeMap::from([("/type".into(), serde_json::json!(1))]),
             })
+        );
+    }
+
+    #[test]
+    fn tools_without_callbacks_load_without_apps() {
+        let s = Settings::load_without_apps(None, &HashMap::new()).unwrap();
+        assert!(s.apps.is_empty());
+        assert_eq!(s.amqp.customers_exchange, "weiling.customers");
+        let mut env = app_env();
+        env.insert("WEILING_RELAY_TOKEN".into(), "short".into());
+        assert_eq!(
+            invalid_key(Settings::load_without_apps(None, &env).unwrap_err()),
+            "apps[0].token",
+            "apps that are listed are still checked"
         );
     }
 

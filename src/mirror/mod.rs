@@ -109,7 +109,8 @@ pub enum MirrorError {
 /// The command: loads the settings, stops on the first SIGTERM / Ctrl-C after the current batch (a
 /// second one aborts at once; unacked deliveries are redelivered either way).
 pub async fn run_cli(args: MirrorArgs, env: &HashMap<String, String>) -> Result<(), MirrorError> {
-    let settings = Settings::load(args.config.as_deref(), env)?;
+    // The mirror reads records only: it needs the broker settings, not app credentials.
+    let settings = Settings::load_without_apps(args.config.as_deref(), env)?;
     if let Some(addr) = args.metrics_listen {
         serve_metrics(addr)?;
     }
