@@ -31,9 +31,9 @@ use tracing::{debug, info};
 
 use super::{BROKER_OP_TIMEOUT, OpsError, publish_confirmed, start_publisher, stop_publisher};
 use crate::amqp::Outgoing;
-use crate::config::Settings;
 use crate::amqp::publisher::with_heartbeat;
 use crate::amqp::topology::PARTITION_HEADER;
+use crate::config::Settings;
 use crate::persist::{dead_letter, inbox};
 use crate::verify::{Apps, CallbackQuery, Rejection, Verified, Verifier, unix_ms};
 
@@ -425,7 +425,9 @@ fn judge(
             match verifier.verify_post_replay(&app_id, &query, body, received_at_ms) {
                 Err(Rejection::Unauthorized(_)) => Verdict::Failing("unverifiable"),
                 Err(Rejection::BadRequest(_)) => Verdict::Failing("malformed"),
-                Ok(Verified::Event(event)) => Verdict::Replay(router.message(event), reason.as_str()),
+                Ok(Verified::Event(event)) => {
+                    Verdict::Replay(router.message(event), reason.as_str())
+                }
                 Ok(Verified::Undecodable(letter)) => {
                     let replays = headers
                         .and_then(|h| h.get(REPLAYED_HEADER))

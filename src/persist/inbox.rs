@@ -65,7 +65,11 @@ pub fn routing_key(app_id: &str, event_type: &str) -> String {
 }
 
 /// Mandatory, so a missing inbox binding comes back as a failure instead of a silent drop.
-pub fn message(events_exchange: &str, event: VerifiedEvent, partition_key: Option<&str>) -> Outgoing {
+pub fn message(
+    events_exchange: &str,
+    event: VerifiedEvent,
+    partition_key: Option<&str>,
+) -> Outgoing {
     let mut headers = FieldTable::default();
     if let Some(key) = partition_key {
         headers.insert(PARTITION_HEADER.into(), AMQPValue::LongString(key.into()));

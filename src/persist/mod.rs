@@ -33,9 +33,7 @@ impl Persister {
 
     /// Resolves once the broker confirmed the event is in every bound queue, the inbox included.
     pub async fn store_event(&self, event: VerifiedEvent) -> Result<(), PublishError> {
-        self.publisher
-            .publish(self.inbox.message(event))
-            .await
+        self.publisher.publish(self.inbox.message(event)).await
     }
 
     /// Resolves once the broker confirmed the dead letter.

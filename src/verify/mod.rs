@@ -361,19 +361,20 @@ fn parse_timestamp_s(timestamp: &str) -> Option<u64> {
 }
 
 /// The event type from `header.event_type`, which must be a routing-key-safe word, since it becomes
-/// part of `event.<app_id>.<event_type>`.
+/// part of `event.<app_id>.<event_type>`. The whole message is parsed, not just the header: a reader
+/// that only skips the other fields lets invalid UTF-8 or an out-of-range number through, and such
+/// a message would be answered `success` yet be unreadable for every consumer of the inbox.
 fn event_type_of(message: &[u8]) -> Result<String, &'static str> {
-    #[derive(Deserialize)]
-    struct Header {
-        event_type: String,
-    }
-    #[derive(Deserialize)]
-    struct Shape {
-        header: Header,
-    }
-    let shape: Shape =
-        serde_json::from_slice(message).map_err(|_| "not JSON with a header.event_type string")?;
-    let event_type = shape.header.event_type;
+    let parsed: serde_json::Value =
+        serde_json::from_slice(message).map_err(|_| "not valid JSON")?;
+    let Some(event_type) = parsed
+        .get("header")
+        .and_then(|header| header.get("event_type"))
+        .and_then(serde_json::Value::as_str)
+    else {
+        return Err("not JSON with a header.event_type string");
+    };
+    let event_type = event_type.to_owned();
     if event_type.is_empty()
         || event_type.len() > 100
         || !crate::config::is_routing_safe(&event_type)

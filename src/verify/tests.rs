@@ -170,6 +170,11 @@ fn authentic_but_unreadable_callbacks_are_dead_letters_with_a_reason() {
         br#"{"event":{}}"#,
         br#"{"header":{"event_type":"a.b"}}"#,
         br#"{"header":{"event_type":""}}"#,
+        // Well-formed around the header, broken elsewhere: invalid UTF-8 inside a key the header
+        // reader would skip, and a number no JSON reader can hold. Neither may reach the inbox.
+        b"{\"header\":{\"event_type\":\"add_customer\"},\"event\":{\"c\xff\xfeid\":\"x\"}}",
+        br#"{"header":{"event_type":"add_customer"},"event":{"n":1e400}}"#,
+        br#"[{"header":{"event_type":"add_customer"}}]"#,
     ] {
         let (reason, body, _) = undecodable(seal_event(&app, bad, &ts(0), "n1"));
         assert_eq!(reason, DeadLetterReason::Json);

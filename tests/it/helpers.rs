@@ -245,18 +245,7 @@ impl TestApp {
     }
 
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
+        depth(&self.channel, queue).await
     }
 
     /// Stops the relay and deletes every queue and exchange the test created.
@@ -308,4 +297,20 @@ pub fn header_str(message: &lapin::message::BasicGetMessage, name: &str) -> Stri
         Some(AMQPValue::ShortString(s)) => s.to_string(),
         other => panic!("header {name} missing or not a string: {other:?}"),
     }
+}
+
+/// Ready messages in an existing queue (a passive declare; panics when the queue does not exist).
+pub async fn depth(channel: &lapin::Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
 }

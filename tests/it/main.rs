@@ -7,6 +7,7 @@
 mod broker_faults;
 mod contacts;
 mod demo;
+mod fault;
 mod helpers;
 mod mirror;
 mod operate;

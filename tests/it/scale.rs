@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use weiling_relay::simulator::{CallbackDriver, Outcome, RetryPolicy, events};
 
-use crate::helpers::SHARED_BROKER;
+use crate::helpers::{SHARED_BROKER, depth};
 use crate::process::{ProcessRig, RelayProcess, free_port};
 
 const CALLBACKS: usize = 2000;
@@ -33,18 +31,8 @@ async fn two_relays_on_four_quorum_partitions_lose_nothing_when_one_is_killed() 
     let queues = rig.settings.amqp.inbox_queues();
     assert_eq!(queues.len(), PARTITIONS);
     for queue in &queues {
-        let declared = rig
-            .channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        assert!(declared.is_ok(), "partition {queue} declared");
+        // Panics unless the partition exists.
+        depth(&rig.channel, queue).await;
     }
 
     let a = RelayProcess::start(&rig.env);
@@ -206,26 +194,11 @@ async fn two_relays_on_four_quorum_partitions_lose_nothing_when_one_is_killed() 
     assert!(calls_b > 0, "B took over");
 
     // Every partition drained.
-    let depth = {
-        let mut depth = 0;
-        for queue in &queues {
-            depth += rig
-                .channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap()
-                .message_count();
-        }
-        depth
-    };
-    assert_eq!(depth, 0, "inbox partitions empty at the end");
+    let mut left = 0;
+    for queue in &queues {
+        left += depth(&rig.channel, queue).await;
+    }
+    assert_eq!(left, 0, "inbox partitions empty at the end");
 
     drop(b);
     rig.cleanup().await;

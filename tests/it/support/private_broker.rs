@@ -174,7 +174,65 @@ impl PrivateBroker {
         }
         let plugins = self.dir.join("enabled_plugins");
         std::fs::write(&plugins, "[].\n").map_err(|err| format!("write {plugins:?}: {err}"))?;
+        self.launch().await
+    }
 
+    /// `kill -9` of the node's beam process (by the pid its pid file holds), like a machine
+    /// losing power; waits until the process is gone. Data on disk stays for [`Self::restart`].
+    pub async fn kill_9(&self) {
+        let pid = self.os_pid();
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stdin(Stdio::null())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -KILL {pid}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_alive(pid) {
+            assert!(Instant::now() < deadline, "beam pid {pid} survived kill -9");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_file(self.pid_file());
+    }
+
+    /// Starts the node again on its old data (after [`Self::kill_9`]), as `rabbitmq-server
+    /// -detached` would; durable queues and persistent messages come back.
+    pub async fn restart(&self) {
+        if let Err(err) = self.launch().await {
+            panic!("private broker {} did not restart: {err}", self.node);
+        }
+    }
+
+    /// Closes every client connection from the server side, as an operator would.
+    pub async fn close_all_connections(&self) {
+        self.rabbitmqctl(&["close_all_connections", "fault injection"])
+            .await;
+    }
+
+    /// Raises (`on`: a free-disk limit far above any disk) or clears the disk alarm, and waits
+    /// until the node reports it.
+    pub async fn set_disk_alarm(&self, on: bool) {
+        let limit = if on { "1000000GB" } else { "50MB" };
+        self.rabbitmqctl(&["set_disk_free_limit", limit]).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alarms = self
+                .rabbitmqctl(&["eval", "rabbit_alarm:get_alarms()."])
+                .await;
+            if alarms.contains("resource_limit,disk") == on {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "disk alarm on {} did not become {on} within 30 s",
+                self.node
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Starts `rabbitmq-server -detached` on the prepared directory and waits for the app.
+    async fn launch(&self) -> Result<(), String> {
         // The detached node inherits stdout/stderr; files instead of pipes keep it from
         // holding the test's pipes open (which would make cargo test hang).
         let server_log = self.dir.join("server.out");

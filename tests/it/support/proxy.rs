@@ -4,6 +4,10 @@
 //! broker itself.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -20,6 +24,9 @@ pub enum Mode {
     /// closed (by `Reset`, by a peer, or by dropping the proxy); going back to `Pass` only
     /// affects new connections.
     Stall,
+    /// `Stall` for the connections whose client bytes contained the proxy's marker (see
+    /// [`ChaosProxy::start_marking`]), `Pass` for the others: one link of a client with several.
+    StallMarked,
 }
 
 /// A chaos proxy listening on `127.0.0.1:<ephemeral>` and forwarding to one upstream address.
@@ -29,9 +36,19 @@ pub struct ChaosProxy {
     accept_task: JoinHandle<()>,
 }
 
+/// How far into a connection the client's bytes are searched for the marker (an AMQP client names
+/// its connection in the first frames).
+const MARKER_WINDOW: usize = 8192;
+
 impl ChaosProxy {
     /// Starts a proxy in [`Mode::Pass`] in front of `upstream`.
     pub async fn start(upstream: SocketAddr) -> ChaosProxy {
+        Self::start_marking(upstream, Vec::new()).await
+    }
+
+    /// Like [`Self::start`]; connections whose first client bytes contain `marker` (e.g. an AMQP
+    /// connection name) are the ones [`Mode::StallMarked`] stalls.
+    pub async fn start_marking(upstream: SocketAddr, marker: Vec<u8>) -> ChaosProxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|err| panic!("chaos proxy: bind 127.0.0.1:0: {err}"));
@@ -39,7 +56,8 @@ impl ChaosProxy {
             .local_addr()
             .unwrap_or_else(|err| panic!("chaos proxy: local_addr: {err}"));
         let (mode, mode_rx) = watch::channel(Mode::Pass);
-        let accept_task = tokio::spawn(accept_loop(listener, upstream, mode_rx));
+        let marker: Arc<[u8]> = marker.into();
+        let accept_task = tokio::spawn(accept_loop(listener, upstream, mode_rx, marker));
         ChaosProxy {
             addr,
             mode,
@@ -67,7 +85,12 @@ impl Drop for ChaosProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mode: watch::Receiver<Mode>) {
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    marker: Arc<[u8]>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -79,8 +102,8 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mode: watch::R
                     Mode::Stall => {
                         connections.spawn(hold_stalled(vec![client], mode.clone()));
                     }
-                    Mode::Pass => {
-                        connections.spawn(relay(client, upstream, mode.clone()));
+                    Mode::Pass | Mode::StallMarked => {
+                        connections.spawn(relay(client, upstream, mode.clone(), marker.clone()));
                     }
                 }
             }
@@ -90,23 +113,78 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mode: watch::R
     }
 }
 
-/// Forwards bytes between `client` and `upstream` until either side closes or the mode leaves
-/// `Pass`.
-async fn relay(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
+/// Forwards bytes between `client` and `upstream` until either side closes, the mode becomes
+/// `Reset`, or the connection is to be stalled (`Stall`, or `StallMarked` once the client sent the
+/// marker): then it stops forwarding for good and holds the sockets until `Reset`.
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    marker: Arc<[u8]>,
+) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
         // Upstream unreachable: behave like it, by closing the client.
         reset(client);
         return;
     };
-    let fault = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
-        fault = wait_for_mode(&mut mode, |m| m != Mode::Pass) => fault,
-    };
-    match fault {
-        Mode::Stall => hold_stalled(vec![client, server], mode).await,
-        Mode::Reset | Mode::Pass => {
-            reset(client);
-            reset(server);
+    // Zero linger on both: whenever the proxy drops a socket, the peer sees an RST at once.
+    let _ = client.set_zero_linger();
+    let _ = server.set_zero_linger();
+    let marked = Arc::new(AtomicBool::new(false));
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = pump(
+        client_read,
+        server_write,
+        mode.clone(),
+        marked.clone(),
+        Some(marker),
+    );
+    let down = pump(server_read, client_write, mode.clone(), marked, None);
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+        _ = wait_for_mode(&mut mode, |m| m == Mode::Reset) => {}
+    }
+}
+
+/// Copies `from` → `to`. Before each write it checks whether the connection is to be stalled; if
+/// so it keeps both halves open, forwarding nothing, until `Reset`. Returns when `from` ends.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+    marked: Arc<AtomicBool>,
+    marker: Option<Arc<[u8]>>,
+) {
+    let mut seen: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let chunk = buf.get(..n).unwrap_or_default();
+        if let Some(marker) = marker.as_deref()
+            && !marker.is_empty()
+            && seen.len() < MARKER_WINDOW
+        {
+            seen.extend_from_slice(chunk);
+            if seen.windows(marker.len()).any(|w| w == marker) {
+                marked.store(true, Ordering::SeqCst);
+            }
+        }
+        let stall = match *mode.borrow() {
+            Mode::Stall => true,
+            Mode::StallMarked => marked.load(Ordering::SeqCst),
+            Mode::Pass | Mode::Reset => false,
+        };
+        if stall {
+            wait_for_mode(&mut mode, |m| m == Mode::Reset).await;
+            return;
+        }
+        if to.write_all(chunk).await.is_err() {
+            return;
         }
     }
 }
@@ -235,6 +313,25 @@ mod tests {
         proxy.set_mode(Mode::Reset);
         assert_closed(&mut client).await;
         assert_closed(&mut stalled_new).await;
+    }
+
+    #[tokio::test]
+    async fn stall_marked_stalls_only_the_connections_that_sent_the_marker() {
+        let proxy = ChaosProxy::start_marking(start_echo_server().await, b"records".to_vec()).await;
+        let mut plain = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut marked = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_echoes(&mut plain, b"hello").await;
+        assert_echoes(&mut marked, b"name: records link").await;
+
+        proxy.set_mode(Mode::StallMarked);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_echoes(&mut plain, b"still passing").await;
+        marked.write_all(b"lost").await.unwrap();
+        assert_stalled(&mut marked).await;
+
+        proxy.set_mode(Mode::Reset);
+        assert_closed(&mut marked).await;
+        assert_closed(&mut plain).await;
     }
 
     #[tokio::test]
