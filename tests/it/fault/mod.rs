@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use rand::Rng;
@@ -96,7 +96,6 @@ pub struct FaultRig {
     relay: tokio::sync::Mutex<RelayHandle>,
     check: String,
     seen: Arc<Mutex<Seen>>,
-    checker: tokio::task::JoinHandle<()>,
     /// Callbacks answered so far (any outcome), for faults that start at a point of the load.
     progress: AtomicUsize,
     /// Finished answers: when each `ok` came back.
@@ -151,15 +150,11 @@ impl FaultRig {
         env.extend(options.env.iter().cloned());
         let settings = Settings::load(None, &env).unwrap();
 
-        // The checking queue is durable and its consumer reconnects, so it rides out broker faults.
+        // The checking queue is durable, so it keeps records through broker faults; it is read by
+        // polling (`drain_records`), which cannot get stuck on a connection a fault broke.
         let check = format!("{prefix}.check");
+        declare_check_queue(&options.amqp_url, &settings, &check).await;
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let checker = tokio::spawn(check_records(
-            options.amqp_url.clone(),
-            settings.clone(),
-            check.clone(),
-            seen.clone(),
-        ));
         let base = format!("http://127.0.0.1:{port}");
         let rig = FaultRig {
             sim,
@@ -175,12 +170,10 @@ impl FaultRig {
             relay: tokio::sync::Mutex::new(RelayHandle::Stopped),
             check,
             seen,
-            checker,
             progress: AtomicUsize::new(0),
             ok_at: Mutex::new(Vec::new()),
             unrouted: AtomicUsize::new(0),
         };
-        rig.wait_checker().await;
         rig.start_relay(options.process).await;
         rig
     }
@@ -285,10 +278,23 @@ impl FaultRig {
         (count, ids)
     }
 
+    /// Reads the checking queue into what was seen.
+    pub async fn drain_records(&self) {
+        self.drain_into_seen(&self.check).await;
+    }
+
     /// Reads the unrouted queue into what was seen; returns how many records it has held in all.
     pub async fn drain_unrouted(&self) -> u32 {
+        let count = self
+            .drain_into_seen(&self.settings.amqp.unrouted_exchange)
+            .await;
+        let total = self.unrouted.fetch_add(count, Ordering::SeqCst) + count;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// Takes every record a queue holds now and adds it to what was seen; returns how many.
+    async fn drain_into_seen(&self, queue: &str) -> usize {
         let (connection, channel) = self.inspect().await;
-        let queue = self.settings.amqp.unrouted_exchange.as_str();
         let mut count = 0usize;
         while let Ok(Some(message)) = channel
             .basic_get(
@@ -308,8 +314,7 @@ impl FaultRig {
             self.seen.lock().unwrap().add(message_id, &body);
         }
         let _ = connection.close(200, "drained".into()).await;
-        let total = self.unrouted.fetch_add(count, Ordering::SeqCst) + count;
-        u32::try_from(total).unwrap_or(u32::MAX)
+        count
     }
 
     /// Stops the relay: an in-process one drains, a process is killed. Either way its connections
@@ -354,36 +359,14 @@ impl FaultRig {
         }
     }
 
-    /// The durable queue the checking consumer reads, bound to the records exchange with `customer.#`.
+    /// The durable queue the checker reads, bound to the records exchange with `customer.#`.
     pub fn check_queue(&self) -> &str {
         &self.check
-    }
-
-    async fn wait_checker(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let (connection, channel) = self.inspect().await;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            let ready = channel
-                .queue_declare(self.check.as_str().into(), passive, FieldTable::default())
-                .await
-                .is_ok_and(|q| q.consumer_count() > 0);
-            let _ = connection.close(200, "checked".into()).await;
-            if ready {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the checking consumer did not come up");
     }
 
     /// Stops the relay and the simulator, deletes the round's queues and exchanges.
     pub async fn finish(&self) {
         self.stop_relay().await;
-        self.checker.abort();
         self.sim_server.stop(false).await;
         let (connection, channel) = self.inspect().await;
         weiling_relay::demo::scenario::cleanup(&channel, &self.settings.amqp, &self.check).await;
@@ -545,12 +528,23 @@ where
     let started = Instant::now();
     let rig = Arc::new(FaultRig::start(&format!("r{row}"), options).await);
     let driver = CallbackDriver::new(&rig.base, rig.app.clone(), load.retry.clone());
-    let plan = plan(load);
+    let plan = Plan::new(load);
     let interval = Duration::from_secs(1) / load.per_second.max(1);
     let load_started = tokio::time::Instant::now();
+    // The load runs for its planned callbacks and, however long the fault takes (a busy machine can
+    // make `rabbitmqctl` slow), until TAIL callbacks after the fault was lifted.
+    const TAIL: usize = 100;
+    let issued = AtomicUsize::new(0);
+    let tail_until = AtomicUsize::new(usize::MAX);
     let sending = async {
-        futures::stream::iter(plan.into_iter().enumerate())
-            .map(|(n, step)| {
+        futures::stream::iter(0usize..)
+            .take_while(|n| {
+                let more = *n < load.callbacks || *n < tail_until.load(Ordering::SeqCst);
+                futures::future::ready(more)
+            })
+            .map(|n| {
+                issued.fetch_max(n + 1, Ordering::SeqCst);
+                let step = plan.step(n);
                 let (rig, driver) = (&*rig, &driver);
                 let due = load_started + interval * u32::try_from(n).unwrap_or(u32::MAX);
                 async move {
@@ -573,7 +567,12 @@ where
             .collect::<Vec<Entry>>()
             .await
     };
-    let (entries, outcome) = tokio::join!(sending, fault(rig.clone(), round));
+    let faulting = async {
+        let outcome = fault(rig.clone(), round).await;
+        tail_until.store(issued.load(Ordering::SeqCst) + TAIL, Ordering::SeqCst);
+        outcome
+    };
+    let (entries, outcome) = tokio::join!(sending, faulting);
 
     // The fault destroyed what was answered before `exempt_before` (by design, e.g. a deleted queue).
     let destroyed = |e: &Entry| outcome.exempt_before.is_some_and(|at| e.answered_at < at);
@@ -591,6 +590,7 @@ where
             break;
         }
         polls += 1;
+        rig.drain_records().await;
         if polls.is_multiple_of(10) {
             rig.drain_unrouted().await;
             parked = rig.dead_letters().await.1;
@@ -603,6 +603,7 @@ where
     // With the relay stopped, whatever it held unacked is back in the queue and counted.
     rig.stop_relay().await;
     let inbox_end = rig.inbox_depth_without_consumers().await;
+    rig.drain_records().await;
     let (dead_letters, parked) = rig.dead_letters().await;
     let unrouted = rig.drain_unrouted().await;
     // Customers named by dead-lettered inbox events were parked by design (replayable).
@@ -699,78 +700,70 @@ impl Step {
     }
 }
 
-fn plan(load: &Load) -> Vec<Step> {
-    let mut rng = rand::rng();
-    let customers: Vec<String> = (0..load.customers.max(1))
-        .map(|i| format!("cust-{i:04}-{}", new_customer_id()))
-        .collect();
-    let mut steps: Vec<Step> = (0..load.callbacks.saturating_sub(load.ghosts))
-        .map(|_| Step::Change(customers[zipf(&mut rng, customers.len())].clone()))
-        .collect();
-    for i in 0..load.ghosts {
-        let at = rng.random_range(0..=steps.len());
-        steps.insert(at, Step::Ghost(format!("ghost-{i}-{}", new_customer_id())));
-    }
-    steps
+/// The callbacks of a round, drawn as they are sent: Zipf-skewed changes over a fixed set of
+/// customers, with the ghosts at random places among the planned callbacks.
+struct Plan {
+    customers: Vec<String>,
+    ghosts: HashMap<usize, String>,
 }
 
-/// Reads every record from a durable queue bound to the records exchange, reconnecting after broker
-/// faults; acks after reading.
-async fn check_records(url: String, settings: Settings, queue: String, seen: Arc<Mutex<Seen>>) {
-    loop {
-        let Ok(connection) = Connection::connect(&url, ConnectionProperties::default()).await
-        else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let result: Result<(), lapin::Error> = async {
-            let channel = connection.create_channel().await?;
-            weiling_relay::amqp::topology::declare(&channel, &settings.amqp).await?;
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    settings.amqp.customers_exchange.as_str().into(),
-                    "customer.#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let mut consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "fault-checker".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            while let Some(delivery) = consumer.next().await {
-                let delivery = delivery?;
-                let body: Value = serde_json::from_slice(&delivery.data).unwrap_or(json!({}));
-                let message_id = delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|m| m.to_string());
-                seen.lock().unwrap().add(message_id, &body);
-                delivery.ack(BasicAckOptions::default()).await?;
-            }
-            Ok(())
+impl Plan {
+    fn new(load: &Load) -> Plan {
+        let mut rng = rand::rng();
+        let customers = (0..load.customers.max(1))
+            .map(|i| format!("cust-{i:04}-{}", new_customer_id()))
+            .collect();
+        let mut ghosts = HashMap::new();
+        while ghosts.len() < load.ghosts.min(load.callbacks) {
+            let at = rng.random_range(0..load.callbacks);
+            let n = ghosts.len();
+            ghosts
+                .entry(at)
+                .or_insert_with(|| format!("ghost-{n}-{}", new_customer_id()));
         }
-        .await;
-        let _ = result;
-        let _ = connection.close(200, "checker".into()).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Plan { customers, ghosts }
     }
+
+    fn step(&self, n: usize) -> Step {
+        match self.ghosts.get(&n) {
+            Some(id) => Step::Ghost(id.clone()),
+            None => {
+                let pick = zipf(&mut rand::rng(), self.customers.len());
+                Step::Change(self.customers[pick].clone())
+            }
+        }
+    }
+}
+
+/// Declares the relay's topology and the durable checking queue bound to the records exchange.
+async fn declare_check_queue(url: &str, settings: &Settings, queue: &str) {
+    let connection = connect_retrying(url).await;
+    let channel = connection.create_channel().await.unwrap();
+    weiling_relay::amqp::topology::declare(&channel, &settings.amqp)
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            settings.amqp.customers_exchange.as_str().into(),
+            "customer.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "declared".into()).await;
 }
 
 async fn connect_retrying(url: &str) -> Connection {
