@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -568,11 +568,21 @@ where
             .await
     };
     let faulting = async {
-        let outcome = fault(rig.clone(), round).await;
+        // A row's own assertion failing inside the fault must still leave the broker clean.
+        let outcome = std::panic::AssertUnwindSafe(fault(rig.clone(), round))
+            .catch_unwind()
+            .await;
         tail_until.store(issued.load(Ordering::SeqCst) + TAIL, Ordering::SeqCst);
         outcome
     };
     let (entries, outcome) = tokio::join!(sending, faulting);
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            rig.finish().await;
+            std::panic::resume_unwind(panic);
+        }
+    };
 
     // The fault destroyed what was answered before `exempt_before` (by design, e.g. a deleted queue).
     let destroyed = |e: &Entry| outcome.exempt_before.is_some_and(|at| e.answered_at < at);
