@@ -356,7 +356,7 @@ async fn row_24_inbox_deleted_while_running() {
                 // Deleting a queue destroys what it holds; the row checks that nothing answered
                 // after the deletion is lost (no 200 after a basic.return, topology re-declared).
                 exempt_before: Some(deleted_at),
-                note: "queue.delete of the inbox mid-load; callbacks answered before it are exempt (the operator destroyed them)".into(),
+                note: "queue.delete of the inbox mid-load; callbacks sent before it are exempt (the operator destroyed what they stored)".into(),
                 ..FaultOutcome::default()
             }
         },

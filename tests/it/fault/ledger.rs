@@ -37,6 +37,8 @@ pub struct Entry {
     pub outcome: Outcome,
     /// When the final answer arrived.
     pub answered_at: Instant,
+    /// When the attempt that got the final answer was sent.
+    pub sent_at: Instant,
 }
 
 /// What the checking consumer has read from the records exchange.
@@ -161,6 +163,7 @@ mod tests {
             subject,
             outcome,
             answered_at: Instant::now(),
+            sent_at: Instant::now(),
         }
     }
 

@@ -434,8 +434,8 @@ pub struct FaultOutcome {
     /// Records the row sends to the unrouted queue on purpose (`None`: exactly 0). Records found
     /// there count as delivered, like the ones the checking queue read.
     pub expected_unrouted: Option<u32>,
-    /// The fault destroyed what the broker held (an operator deleted the inbox): `ok` answers given
-    /// before this moment are exempt from "lost"; every later one still counts.
+    /// The fault destroyed what the broker held (an operator deleted the inbox): `ok` callbacks whose
+    /// successful attempt was sent before this moment are exempt from "lost"; every later one counts.
     pub exempt_before: Option<Instant>,
     pub note: String,
 }
@@ -550,8 +550,12 @@ where
                 async move {
                     tokio::time::sleep_until(due).await;
                     let (subject, json) = step.prepare(rig);
-                    let outcome = driver.send(&json).await.outcome;
+                    let delivery = driver.send(&json).await;
+                    let outcome = delivery.outcome;
                     let answered_at = Instant::now();
+                    let sent_at = answered_at
+                        .checked_sub(delivery.latency)
+                        .unwrap_or(answered_at);
                     rig.progress.fetch_add(1, Ordering::SeqCst);
                     if outcome == Outcome::Ok {
                         rig.ok_at.lock().unwrap().push(answered_at);
@@ -560,6 +564,7 @@ where
                         subject,
                         outcome,
                         answered_at,
+                        sent_at,
                     }
                 }
             })
@@ -585,7 +590,9 @@ where
     };
 
     // The fault destroyed what was answered before `exempt_before` (by design, e.g. a deleted queue).
-    let destroyed = |e: &Entry| outcome.exempt_before.is_some_and(|at| e.answered_at < at);
+    // A callback whose successful attempt was sent before that moment may have been stored just
+    // before the destruction, even if its answer arrived after it.
+    let destroyed = |e: &Entry| outcome.exempt_before.is_some_and(|at| e.sent_at < at);
 
     // Settle: every acknowledged change visible downstream (or parked in the dead-letter queue by
     // design), or give up after two minutes.
