@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use rand::Rng;
@@ -359,7 +359,7 @@ impl FaultRig {
         }
     }
 
-    /// The durable queue the checker reads, bound to the records exchange with `customer.#`.
+    /// The durable queue the checker reads, bound to the records exchange with `customer.#` (and `contact.#`).
     pub fn check_queue(&self) -> &str {
         &self.check
     }
@@ -752,32 +752,15 @@ impl Plan {
     }
 }
 
-/// Declares the relay's topology and the durable checking queue bound to the records exchange.
+/// Declares the relay's topology and the durable checking queue, bound to the records exchange
+/// exactly like a mirror's queue (the load names customers only, so contact bindings stay idle).
 async fn declare_check_queue(url: &str, settings: &Settings, queue: &str) {
     let connection = connect_retrying(url).await;
     let channel = connection.create_channel().await.unwrap();
     weiling_relay::amqp::topology::declare(&channel, &settings.amqp)
         .await
         .unwrap();
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.into(),
-            settings.amqp.customers_exchange.as_str().into(),
-            "customer.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    weiling_relay::mirror::consumer::declare_queue(&channel, &settings.amqp, queue)
         .await
         .unwrap();
     let _ = connection.close(200, "declared".into()).await;
