@@ -133,6 +133,9 @@ pub struct WeilingSettings {
     pub max_retries: u32,
     pub auth_error_codes: Vec<i64>,
     pub rate_limit_codes: Vec<i64>,
+    /// Codes with which Weiling refuses a batch because an id does not exist (3000 客户不存在): the
+    /// batch is split until that id stands alone, and then it is published as `missing`.
+    pub missing_codes: Vec<i64>,
     pub token_refresh_margin_s: u64,
 }
 
@@ -241,19 +244,48 @@ fn is_empty_secret(secret: &SecretString) -> bool {
     secret.expose_secret().is_empty()
 }
 
-/// Where an event type carries the ids of the objects it changed: a plain list of JSON pointers (customer
-/// ids), or a table naming the entity and optionally guarding the pointers with a condition
-/// (`{ entity = "contact", ids = [...], when = { "/type" = 1 } }`).
+/// Where an event type carries the ids of the objects it changed: an ordered list of rules, the first
+/// whose condition holds wins. The file accepts three forms: a plain list of JSON pointers (customer
+/// ids; an empty list turns a built-in mapping off), one table
+/// (`{ entity = "contact", ids = [...], when = { "/type" = 0 }, each = "/customer_list" }`), or a
+/// list of such tables.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(untagged, try_from = "RawEventMapping")]
-pub enum EventMapping {
-    Pointers(Vec<String>),
-    Conditional {
-        entity: Entity,
-        ids: Vec<String>,
-        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-        when: BTreeMap<String, serde_json::Value>,
-    },
+#[serde(try_from = "RawEventMapping", into = "Vec<EventRule>")]
+pub struct EventMapping {
+    pub rules: Vec<EventRule>,
+}
+
+/// One way an event names ids. Without `each`, `when` and `ids` address the event's `event` object;
+/// with `each` (a pointer to an array), they address every element of that array in turn, so a
+/// condition can pick the entries of one kind out of a mixed list.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct EventRule {
+    pub entity: Entity,
+    pub ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub when: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub each: Option<String>,
+}
+
+impl EventRule {
+    /// A rule taking customer ids from `pointers`, unconditionally.
+    pub fn customers(pointers: &[&str]) -> Self {
+        Self {
+            entity: Entity::Customer,
+            ids: pointers.iter().map(|p| (*p).to_owned()).collect(),
+            when: BTreeMap::new(),
+            each: None,
+        }
+    }
+
+    /// Every pointer the rule uses (ids, conditions, `each`), for validation.
+    fn pointers(&self) -> impl Iterator<Item = &String> {
+        self.ids
+            .iter()
+            .chain(self.when.keys())
+            .chain(self.each.iter())
+    }
 }
 
 /// The file form, read before the entity name is checked: an untagged enum alone would answer a
@@ -262,42 +294,70 @@ pub enum EventMapping {
 #[serde(untagged)]
 enum RawEventMapping {
     Pointers(Vec<String>),
-    Table {
-        #[serde(default)]
-        entity: Option<String>,
-        ids: Vec<String>,
-        #[serde(default)]
-        when: BTreeMap<String, serde_json::Value>,
-    },
+    Rules(Vec<RawRule>),
+    Rule(RawRule),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(default)]
+    entity: Option<String>,
+    ids: Vec<String>,
+    #[serde(default)]
+    when: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    each: Option<String>,
+}
+
+impl TryFrom<RawRule> for EventRule {
+    type Error = String;
+
+    fn try_from(raw: RawRule) -> Result<Self, Self::Error> {
+        Ok(Self {
+            entity: raw
+                .entity
+                .as_deref()
+                .map_or(Ok(Entity::Customer), str::parse)?,
+            ids: raw.ids,
+            when: raw.when,
+            each: raw.each,
+        })
+    }
 }
 
 impl TryFrom<RawEventMapping> for EventMapping {
     type Error = String;
 
     fn try_from(raw: RawEventMapping) -> Result<Self, Self::Error> {
-        Ok(match raw {
-            RawEventMapping::Pointers(ids) => Self::Pointers(ids),
-            RawEventMapping::Table { entity, ids, when } => Self::Conditional {
-                entity: entity.as_deref().map_or(Ok(Entity::Customer), str::parse)?,
+        let rules = match raw {
+            RawEventMapping::Pointers(ids) if ids.is_empty() => Vec::new(),
+            RawEventMapping::Pointers(ids) => vec![EventRule {
+                entity: Entity::Customer,
                 ids,
-                when,
-            },
-        })
+                when: BTreeMap::new(),
+                each: None,
+            }],
+            RawEventMapping::Rules(rules) => rules
+                .into_iter()
+                .map(EventRule::try_from)
+                .collect::<Result<_, _>>()?,
+            RawEventMapping::Rule(rule) => vec![EventRule::try_from(rule)?],
+        };
+        Ok(Self { rules })
+    }
+}
+
+impl From<EventMapping> for Vec<EventRule> {
+    fn from(mapping: EventMapping) -> Self {
+        mapping.rules
     }
 }
 
 impl EventMapping {
-    pub fn pointers(&self) -> &[String] {
-        match self {
-            Self::Pointers(ids) | Self::Conditional { ids, .. } => ids,
-        }
-    }
-
+    /// The entity of the first rule (customer for a mapping turned off).
     pub fn entity(&self) -> Entity {
-        match self {
-            Self::Pointers(_) => Entity::Customer,
-            Self::Conditional { entity, .. } => *entity,
-        }
+        self.rules.first().map_or(Entity::Customer, |r| r.entity)
     }
 }
 
@@ -534,19 +594,20 @@ impl Settings {
 
         for (event_type, mapping) in &self.events {
             let key = format!("events.{event_type}");
-            if mapping.pointers().is_empty() {
-                return Err(ConfigError::invalid(key, "needs at least one JSON pointer"));
-            }
-            let conditions = match mapping {
-                EventMapping::Pointers(_) => Vec::new(),
-                EventMapping::Conditional { when, .. } => when.keys().cloned().collect(),
-            };
-            for pointer in mapping.pointers().iter().chain(conditions.iter()) {
-                if !pointer.starts_with('/') {
+            for (i, rule) in mapping.rules.iter().enumerate() {
+                if rule.ids.is_empty() {
                     return Err(ConfigError::invalid(
                         key,
-                        format!("`{pointer}` is not a JSON pointer (it must start with /)"),
+                        format!("rule {} needs at least one JSON pointer in `ids`", i + 1),
                     ));
+                }
+                for pointer in rule.pointers() {
+                    if !pointer.starts_with('/') {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("`{pointer}` is not a JSON pointer (it must start with /)"),
+                        ));
+                    }
                 }
             }
         }
@@ -563,7 +624,7 @@ impl Settings {
     }
 }
 
-const LIST_ENV_KEYS: [(&str, &str); 2] = [
+const LIST_ENV_KEYS: [(&str, &str); 3] = [
     (
         "WEILING_RELAY__WEILING__AUTH_ERROR_CODES",
         "weiling.auth_error_codes",
@@ -571,6 +632,10 @@ const LIST_ENV_KEYS: [(&str, &str); 2] = [
     (
         "WEILING_RELAY__WEILING__RATE_LIMIT_CODES",
         "weiling.rate_limit_codes",
+    ),
+    (
+        "WEILING_RELAY__WEILING__MISSING_CODES",
+        "weiling.missing_codes",
     ),
 ];
 
@@ -730,10 +795,13 @@ mod tests {
         assert_eq!(s.apps.len(), 1);
         assert_eq!(
             s.events.get("progress_add"),
-            Some(&EventMapping::Conditional {
-                entity: Entity::Customer,
-                ids: vec!["/business_related_id".into()],
-                when: BTreeMap::from([("/type".into(), serde_json::json!(1))]),
+            Some(&EventMapping {
+                rules: vec![EventRule {
+                    entity: Entity::Customer,
+                    ids: vec!["/business_related_id".into()],
+                    when: BTreeMap::from([("/type".into(), serde_json::json!(1))]),
+                    each: None,
+                }]
             })
         );
     }
@@ -998,6 +1066,60 @@ mod tests {
             assert_eq!(invalid_key(err), key, "{body}");
             std::fs::remove_dir_all(dir).unwrap();
         }
+    }
+
+    #[test]
+    fn the_built_in_mappings_cover_the_catalogs_customer_and_contact_events() {
+        let s = Settings::load(None, &app_env()).unwrap();
+        let mut mapped: Vec<&str> = s.events.keys().map(String::as_str).collect();
+        mapped.sort_unstable();
+        assert_eq!(
+            mapped,
+            vec![
+                "add_customer",
+                "company_add",
+                "company_customer_add",
+                "company_v2_add",
+                "company_v2_update",
+                "contact_add",
+                "contact_update",
+                "customer_update",
+                "history_add",
+                "progress_add",
+                "tag_update",
+                "tag_update_v2",
+            ]
+        );
+        assert!(
+            !s.events.contains_key("update_customer"),
+            "never sent by Weiling"
+        );
+        assert_eq!(
+            s.events["company_add"].rules[0].each.as_deref(),
+            Some("/customer_list")
+        );
+    }
+
+    #[test]
+    fn a_mapping_in_a_later_layer_replaces_the_built_in_one_as_a_whole() {
+        let (dir, file) = app_file(&format!(
+            "token = \"{TOKEN}\"\nencoding_aes_key = \"{AES}\"\n\n[events]\ntag_update = []\nprogress_add = [{{ ids = [\"/x\"] }}]\n"
+        ));
+        let s = Settings::load(Some(&file), &HashMap::new()).unwrap();
+        assert!(s.events["tag_update"].rules.is_empty(), "turned off");
+        assert_eq!(
+            s.events["progress_add"].rules,
+            vec![EventRule::customers(&["/x"])],
+            "the built-in `when` does not leak into the replacement"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let (dir, file) = app_file(&format!(
+            "token = \"{TOKEN}\"\nencoding_aes_key = \"{AES}\"\n\n[events]\nx = [{{ ids = [] }}]\n"
+        ));
+        let err = Settings::load(Some(&file), &HashMap::new()).unwrap_err();
+        assert_eq!(invalid_key(err), "events.x");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

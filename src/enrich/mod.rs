@@ -5,6 +5,7 @@
 //! instant set by `Retry-After`. What to do with each answer is decided by [`policy::classify`].
 
 pub mod breaker;
+mod isolate;
 pub mod policy;
 pub mod token;
 mod wire;
@@ -22,7 +23,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -31,6 +33,7 @@ use crate::config::{AppSettings, WeilingSettings};
 use crate::entity::Entity;
 
 pub use breaker::{Breaker, BreakerState};
+pub use isolate::{Isolated, RefusedId};
 pub use policy::{Decision, TRANSPORT_ERROR, classify};
 pub use token::{AccessToken, TokenCache, TokenError};
 
@@ -71,11 +74,23 @@ impl Default for ClientOptions {
 }
 
 /// What one batch call found: records in request order, and the requested ids Weiling left out.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Fetched {
-    /// (id, record exactly as returned).
-    pub records: Vec<(String, Value)>,
+    /// (id, record exactly as returned: Weiling's bytes for that element of the list).
+    pub records: Vec<(String, Box<RawValue>)>,
     pub missing: Vec<String>,
+}
+
+impl PartialEq for Fetched {
+    fn eq(&self, other: &Self) -> bool {
+        self.missing == other.missing
+            && self.records.len() == other.records.len()
+            && self
+                .records
+                .iter()
+                .zip(&other.records)
+                .all(|((a, ra), (b, rb))| a == b && ra.get() == rb.get())
+    }
 }
 
 /// Why a batch could not be fetched. No variant carries a token, a secret, a URL or customer data.
@@ -89,6 +104,14 @@ pub enum EnrichError {
     /// again later will not help, so the inputs are parked instead of retried.
     #[error("Weiling refused the batch call after {attempts} attempt(s): {last}")]
     Rejected { attempts: u32, last: String },
+    /// Weiling answered the batch with a definite refusal `code` (3000 客户不存在, 1001 …): usually
+    /// one id in it, which [`WeilingClient::fetch_isolating`] finds by splitting the batch.
+    #[error("Weiling refused the batch with code {code} after {attempts} attempt(s): {last}")]
+    Refused {
+        code: i64,
+        attempts: u32,
+        last: String,
+    },
     #[error("more than {MAX_BATCH_IDS} distinct ids in one batch")]
     TooManyIds,
     #[error("cancelled")]
@@ -110,6 +133,7 @@ struct Inner {
     apps: HashMap<String, AppState>,
     auth_codes: Vec<i64>,
     rate_codes: Vec<i64>,
+    missing_codes: Vec<i64>,
     max_retries: u32,
     request_timeout: Duration,
     options: ClientOptions,
@@ -147,7 +171,8 @@ struct Attempt {
 struct Answer {
     status: u16,
     code: Option<i64>,
-    body: Option<Value>,
+    /// The body, when it parsed as JSON.
+    body: Option<Vec<u8>>,
     retry_after: Option<Duration>,
     detail: String,
 }
@@ -205,6 +230,7 @@ impl WeilingClient {
                 apps,
                 auth_codes: settings.auth_error_codes.clone(),
                 rate_codes: settings.rate_limit_codes.clone(),
+                missing_codes: settings.missing_codes.clone(),
                 max_retries: settings.max_retries,
                 request_timeout,
                 options,
@@ -276,18 +302,6 @@ impl WeilingClient {
                 "weiling batch answer"
             );
 
-            // `permanent`: Weiling refused the request itself, so asking again later will not help.
-            let fail = |last: String, permanent: bool| {
-                let last = redact(last, &[app.secret.expose_secret(), token_str(&token)]);
-                if permanent {
-                    warn!(app_id, ids = n, attempts, last = %last, "weiling refused the batch call");
-                    EnrichError::Rejected { attempts, last }
-                } else {
-                    warn!(app_id, ids = n, attempts, last = %last, "weiling batch call gave up");
-                    EnrichError::GaveUp { attempts, last }
-                }
-            };
-
             let is_garbage = match decision {
                 Decision::Done => {
                     let parsed = answer
@@ -318,6 +332,25 @@ impl WeilingClient {
                 )
             } else {
                 answer.detail.clone()
+            };
+
+            // `permanent`: Weiling refused the request itself, so asking again later will not help.
+            let fail = |last: String, permanent: bool| {
+                let last = redact(last, &[app.secret.expose_secret(), token_str(&token)]);
+                if let (true, Some(code)) = (permanent && !is_garbage, answer.code) {
+                    debug!(app_id, ids = n, attempts, code, "weiling refused the batch");
+                    EnrichError::Refused {
+                        code,
+                        attempts,
+                        last,
+                    }
+                } else if permanent {
+                    warn!(app_id, ids = n, attempts, last = %last, "weiling refused the batch call");
+                    EnrichError::Rejected { attempts, last }
+                } else {
+                    warn!(app_id, ids = n, attempts, last = %last, "weiling batch call gave up");
+                    EnrichError::GaveUp { attempts, last }
+                }
             };
 
             match decision {
@@ -465,8 +498,9 @@ impl Inner {
                     };
                 }
             };
-            let body: Option<Value> = serde_json::from_slice(&bytes).ok();
-            let code = body.as_ref().and_then(wire::envelope_code);
+            let envelope: Option<wire::Envelope> = serde_json::from_slice(&bytes).ok();
+            let code = envelope.as_ref().and_then(wire::Envelope::code);
+            let body = envelope.map(|_| bytes);
             let detail = match (code, &body) {
                 (Some(code), _) => format!("HTTP {status} code {code}"),
                 (None, Some(_)) => format!("HTTP {status} without a usable code"),

@@ -32,6 +32,12 @@ pub enum Reply {
     },
     /// Answers `Echo` after this delay.
     Slow(Duration),
+    /// Refuses the whole batch with `code` when it holds an id starting with "poison" (code
+    /// `poison_code`) or "gone" (code `gone_code`), else `Echo`: Weiling's whole-batch refusals.
+    RefuseBatches {
+        poison_code: i64,
+        gone_code: i64,
+    },
 }
 
 impl Reply {
@@ -208,6 +214,22 @@ async fn batch_endpoint(
         }
         Reply::Raw { status, body } => {
             HttpResponse::build(StatusCode::from_u16(status).unwrap()).body(body)
+        }
+        Reply::RefuseBatches {
+            poison_code,
+            gone_code,
+        } => {
+            let refusal = if ids.iter().any(|id| id.starts_with("poison")) {
+                Some(poison_code)
+            } else if ids.iter().any(|id| id.starts_with("gone")) {
+                Some(gone_code)
+            } else {
+                None
+            };
+            match refusal {
+                Some(code) => HttpResponse::Ok().json(json!({"code": code, "msg": "refused"})),
+                None => echo(&ids),
+            }
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::test_server::{APP_ID, APP_SECRET, FakeWeiling, Reply, TOKEN_PREFIX};
 use super::*;
@@ -18,6 +18,7 @@ fn settings(base_url: &str, max_retries: u32) -> WeilingSettings {
         max_retries,
         auth_error_codes: vec![403, 501, 1007],
         rate_limit_codes: vec![1015, 1009],
+        missing_codes: vec![3000],
         token_refresh_margin_s: 300,
     }
 }
@@ -89,8 +90,13 @@ async fn success_reports_missing_ids_and_asks_duplicates_once() {
         )
         .await
         .unwrap();
+    let records: Vec<(String, Value)> = got
+        .records
+        .iter()
+        .map(|(id, r)| (id.clone(), serde_json::from_str(r.get()).unwrap()))
+        .collect();
     assert_eq!(
-        got.records,
+        records,
         vec![
             (
                 "a".to_owned(),
@@ -222,12 +228,18 @@ async fn a_final_code_gives_up_at_once() {
     let fake = FakeWeiling::start().await;
     fake.script([Reply::code(1012)]);
     let c = client(&fake, 3);
-    let (attempts, last) = rejected(
-        c.fetch_customers(APP_ID, &ids(&["a"]), &CancellationToken::new())
-            .await,
-    );
-    assert_eq!((attempts, fake.batch_calls()), (1, 1));
-    assert!(last.contains("code 1012"), "{last}");
+    match c
+        .fetch_customers(APP_ID, &ids(&["a"]), &CancellationToken::new())
+        .await
+    {
+        Err(EnrichError::Refused {
+            code: 1012,
+            attempts: 1,
+            last,
+        }) => assert!(last.contains("code 1012"), "{last}"),
+        other => panic!("expected Refused with code 1012, got {other:?}"),
+    }
+    assert_eq!(fake.batch_calls(), 1);
 }
 
 #[tokio::test]
@@ -270,20 +282,135 @@ async fn garbage_is_retried_a_little_then_given_up() {
 }
 
 #[tokio::test]
-async fn missing_customer_list_with_code_0_means_all_missing() {
-    let fake = FakeWeiling::start().await;
-    fake.script([Reply::Json {
+async fn code_0_without_a_customer_list_is_garbage_never_every_id_missing() {
+    let no_list = Reply::Json {
         status: 200,
         body: json!({"code": 0, "msg": "ok"}),
         retry_after: None,
-    }]);
+    };
+    let fake = FakeWeiling::start().await;
+    fake.script([no_list.clone()]);
     let c = client(&fake, 3);
     let got = c
         .fetch_customers(APP_ID, &ids(&["a", "b"]), &CancellationToken::new())
         .await
         .unwrap();
-    assert!(got.records.is_empty());
-    assert_eq!(got.missing, ids(&["a", "b"]));
+    assert_eq!(got.records.len(), 2, "asked again, the answer was whole");
+    assert!(got.missing.is_empty());
+    assert_eq!(fake.batch_calls(), 2);
+
+    let fake = FakeWeiling::start().await;
+    fake.set_fallback(no_list);
+    let c = client(&fake, 6);
+    let (attempts, last) = rejected(
+        c.fetch_customers(APP_ID, &ids(&["a", "b"]), &CancellationToken::new())
+            .await,
+    );
+    assert_eq!(attempts, 3, "retried, then parked: never called missing");
+    assert!(last.contains("data.customer_list"), "{last}");
+}
+
+fn refusing(fake: &FakeWeiling) {
+    fake.set_fallback(Reply::RefuseBatches {
+        poison_code: 1001,
+        gone_code: 3000,
+    });
+}
+
+#[tokio::test]
+async fn one_poisoned_id_among_100_is_isolated_in_few_calls() {
+    let fake = FakeWeiling::start().await;
+    refusing(&fake);
+    let big = ClientOptions {
+        max_body_bytes: 1 << 20,
+        ..fast()
+    };
+    let c = client_with(&settings(&fake.base_url, 3), APP_SECRET, big);
+    for position in [0, 37, 50, 99] {
+        let before = fake.batch_calls();
+        let mut batch: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
+        batch[position] = "poison-1".to_owned();
+        let got = c
+            .fetch_isolating(APP_ID, Entity::Customer, &batch, &CancellationToken::new())
+            .await
+            .unwrap();
+        let calls = fake.batch_calls() - before;
+        assert_eq!(got.fetched.records.len(), 99, "position {position}");
+        assert!(got.fetched.missing.is_empty());
+        assert_eq!(
+            got.refused,
+            vec![RefusedId {
+                id: "poison-1".to_owned(),
+                code: 1001,
+                detail: got.refused[0].detail.clone(),
+            }]
+        );
+        assert_eq!(got.calls, calls);
+        // 2·log2(100) ≈ 13.3 extra calls at most.
+        assert!(calls - 1 <= 13, "position {position}: {calls} calls");
+    }
+}
+
+#[tokio::test]
+async fn ids_weiling_does_not_have_become_missing_only_when_refused_alone() {
+    let fake = FakeWeiling::start().await;
+    refusing(&fake);
+    let c = client(&fake, 3);
+    let mut batch: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    batch[3] = "gone-a".to_owned();
+    batch[20] = "gone-b".to_owned();
+    batch[39] = "poison-x".to_owned();
+    let got = c
+        .fetch_isolating(APP_ID, Entity::Customer, &batch, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(got.fetched.records.len(), 37);
+    let mut missing = got.fetched.missing.clone();
+    missing.sort();
+    assert_eq!(missing, ids(&["gone-a", "gone-b"]));
+    assert_eq!(
+        got.refused
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["poison-x"]
+    );
+    let alone: Vec<Vec<String>> = fake
+        .batch_log()
+        .into_iter()
+        .map(|(_, ids, _)| ids)
+        .filter(|ids| ids.len() == 1 && ids[0].starts_with("gone"))
+        .collect();
+    assert_eq!(alone.len(), 2, "each missing id was asked on its own");
+}
+
+#[tokio::test]
+async fn a_clean_batch_costs_one_call_and_transient_errors_end_the_isolation() {
+    let fake = FakeWeiling::start().await;
+    let c = client(&fake, 1);
+    let got = c
+        .fetch_isolating(
+            APP_ID,
+            Entity::Customer,
+            &ids(&["a", "b"]),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((got.calls, got.fetched.records.len()), (1, 2));
+
+    fake.script([Reply::code(1001)]);
+    fake.set_fallback(Reply::status(503, None));
+    let err = c
+        .fetch_isolating(
+            APP_ID,
+            Entity::Customer,
+            &ids(&["a", "b"]),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EnrichError::GaveUp { .. }), "{err:?}");
 }
 
 #[tokio::test]

@@ -6,7 +6,10 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use std::collections::{BTreeMap, HashMap};
+
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::Fetched;
 use crate::entity::Entity;
@@ -25,6 +28,19 @@ pub(crate) fn parse_int(v: &Value) -> Option<i64> {
         }),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
+    }
+}
+
+/// The top of a batch answer, read without building the records: only `code` is looked at.
+#[derive(serde::Deserialize)]
+pub(crate) struct Envelope {
+    #[serde(default)]
+    code: Value,
+}
+
+impl Envelope {
+    pub(crate) fn code(&self) -> Option<i64> {
+        parse_int(&self.code)
     }
 }
 
@@ -95,22 +111,23 @@ pub(crate) fn describe_transport(e: &reqwest::Error) -> String {
     }
 }
 
-/// Records from a `code == 0` batch answer, keyed back to the requested ids (in request order).
-/// `None` means the schema is wrong (data or the entity's list of the wrong type): garbage.
-pub(crate) fn records(body: &Value, entity: Entity, requested: &[String]) -> Option<Fetched> {
-    let list: &[Value] = match body.get("data") {
-        None | Some(Value::Null) => &[],
-        Some(Value::Object(data)) => match data.get(entity.list_field()) {
-            None | Some(Value::Null) => &[],
-            Some(Value::Array(list)) => list,
-            Some(_) => return None,
-        },
-        Some(_) => return None,
-    };
-    let mut by_id: std::collections::HashMap<&str, &Value> = std::collections::HashMap::new();
+/// Records from a `code == 0` batch answer, keyed back to the requested ids (in request order), each
+/// kept as the exact bytes Weiling sent for it. `None` means the answer is not the documented shape
+/// (no `data` object, or no array under the entity's list): garbage, never "every id is missing",
+/// which would mark real customers deleted downstream. An empty list does mean every id is missing.
+pub(crate) fn records(body: &[u8], entity: Entity, requested: &[String]) -> Option<Fetched> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+    }
+    let envelope: Envelope<'_> = serde_json::from_slice(body).ok()?;
+    let data: BTreeMap<String, &RawValue> = serde_json::from_str(envelope.data?.get()).ok()?;
+    let list: Vec<&RawValue> = serde_json::from_str(data.get(entity.list_field())?.get()).ok()?;
+    let mut by_id: HashMap<String, &RawValue> = HashMap::with_capacity(list.len());
     for record in list {
         // A record without a usable id cannot be matched to a request, so it is dropped.
-        if let Some(id) = record.get(entity.id_field()).and_then(Value::as_str) {
+        if let Some(id) = record_id(record, entity) {
             by_id.entry(id).or_insert(record);
         }
     }
@@ -118,11 +135,24 @@ pub(crate) fn records(body: &Value, entity: Entity, requested: &[String]) -> Opt
     let mut missing = Vec::new();
     for id in requested {
         match by_id.get(id.as_str()) {
-            Some(record) => records.push((id.clone(), (*record).clone())),
+            Some(record) => records.push((id.clone(), (*record).to_owned())),
             None => missing.push(id.clone()),
         }
     }
     Some(Fetched { records, missing })
+}
+
+/// The record's id as the event named it: a string as is, a number by its exact decimal text (an
+/// id echoed back as a JSON number is the same customer, even beyond 2^53).
+fn record_id(record: &RawValue, entity: Entity) -> Option<String> {
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(record.get()).ok()?;
+    let raw = fields.get(entity.id_field())?.get();
+    match serde_json::from_str::<Value>(raw).ok()? {
+        Value::String(id) => Some(id),
+        Value::Number(_) => Some(raw.to_owned()),
+        _ => None,
+    }
+    .filter(|id| !id.is_empty())
 }
 
 #[cfg(test)]
@@ -157,9 +187,26 @@ mod tests {
         assert_eq!(retry_after(&h), None);
     }
 
+    fn raw(v: &Value) -> Vec<u8> {
+        v.to_string().into_bytes()
+    }
+
+    fn text(fetched: &Fetched) -> Vec<(String, String)> {
+        fetched
+            .records
+            .iter()
+            .map(|(id, r)| (id.clone(), r.get().to_owned()))
+            .collect()
+    }
+
     #[test]
     fn records_are_matched_to_requested_ids_tolerantly() {
-        let ids = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let ids = vec![
+            "a".to_owned(),
+            "b".to_owned(),
+            "c".to_owned(),
+            "7".to_owned(),
+        ];
         let body = json!({"code": 0, "data": {"customer_list": [
             {"customer_id": "b", "name": "B"},
             {"name": "no id"},
@@ -168,15 +215,38 @@ mod tests {
             {"customer_id": "a", "name": "A"},
             {"customer_id": "a", "name": "A again"},
         ]}});
-        let Fetched { records, missing } = records(&body, Entity::Customer, &ids).unwrap();
+        let fetched = records(&raw(&body), Entity::Customer, &ids).unwrap();
         assert_eq!(
-            records,
+            text(&fetched),
             vec![
-                ("a".to_owned(), json!({"customer_id": "a", "name": "A"})),
-                ("b".to_owned(), json!({"customer_id": "b", "name": "B"})),
-            ]
+                (
+                    "a".to_owned(),
+                    r#"{"customer_id":"a","name":"A"}"#.to_owned()
+                ),
+                (
+                    "b".to_owned(),
+                    r#"{"customer_id":"b","name":"B"}"#.to_owned()
+                ),
+                ("7".to_owned(), r#"{"customer_id":7}"#.to_owned()),
+            ],
+            "an id echoed as a number is the string id the event named"
         );
-        assert_eq!(missing, vec!["c".to_owned()]);
+        assert_eq!(fetched.missing, vec!["c".to_owned()]);
+    }
+
+    #[test]
+    fn a_record_keeps_weilings_bytes_and_big_numeric_ids_match_exactly() {
+        let body = br#"{"msg":"ok","code":0,"data":{"customer_list":[ {"z":1,"customer_id":12345678901234567890, "a": 1.50, "n": {"x": [1e3]}} ]}}"#;
+        let ids = vec!["12345678901234567890".to_owned()];
+        let fetched = records(body, Entity::Customer, &ids).unwrap();
+        assert_eq!(
+            text(&fetched),
+            vec![(
+                ids[0].clone(),
+                r#"{"z":1,"customer_id":12345678901234567890, "a": 1.50, "n": {"x": [1e3]}}"#
+                    .to_owned()
+            )]
+        );
     }
 
     #[test]
@@ -186,37 +256,37 @@ mod tests {
             "contact_list": [{"contact_id": "k2", "user_name": "B"}],
             "customer_list": [{"customer_id": "k1"}],
         }});
-        let Fetched { records, missing } = records(&body, Entity::Contact, &ids).unwrap();
+        let fetched = records(&raw(&body), Entity::Contact, &ids).unwrap();
         assert_eq!(
-            records,
+            text(&fetched),
             vec![(
                 "k2".to_owned(),
-                json!({"contact_id": "k2", "user_name": "B"})
+                r#"{"contact_id":"k2","user_name":"B"}"#.to_owned()
             )]
         );
-        assert_eq!(missing, vec!["k1".to_owned()]);
+        assert_eq!(fetched.missing, vec!["k1".to_owned()]);
     }
 
     #[test]
-    fn absent_list_is_empty_but_wrong_types_are_garbage() {
+    fn an_empty_list_means_missing_but_an_absent_one_is_garbage() {
         let ids = vec!["a".to_owned()];
+        let empty = json!({"code": 0, "data": {"customer_list": []}});
+        let fetched = records(&raw(&empty), Entity::Customer, &ids).unwrap();
+        assert!(fetched.records.is_empty());
+        assert_eq!(fetched.missing, ids);
         for body in [
             json!({"code": 0}),
             json!({"code": 0, "data": {}}),
             json!({"code": 0, "data": null}),
+            json!({"code": 0, "data": {"customer_list": null}}),
+            json!({"code": 0, "data": "x"}),
+            json!({"code": 0, "data": {"customer_list": {}}}),
+            json!({"code": 0, "data": {"contact_list": []}}),
         ] {
-            let Fetched { records, missing } = records(&body, Entity::Customer, &ids).unwrap();
-            assert!(records.is_empty());
-            assert_eq!(missing, ids);
+            assert!(
+                records(&raw(&body), Entity::Customer, &ids).is_none(),
+                "{body}"
+            );
         }
-        assert!(records(&json!({"code": 0, "data": "x"}), Entity::Customer, &ids).is_none());
-        assert!(
-            records(
-                &json!({"code": 0, "data": {"customer_list": {}}}),
-                Entity::Customer,
-                &ids
-            )
-            .is_none()
-        );
     }
 }

@@ -24,12 +24,15 @@ use super::{Extracted, Mapping};
 use crate::ack::AckTracker;
 use crate::amqp::publisher::with_heartbeat;
 use crate::config::{AmqpSettings, WindowSettings};
+use crate::persist::dead_letter;
 use crate::publish::RecordSink;
-use crate::publish::flush::{self, FlushOutcome};
+use crate::publish::flush::{self, FlushOutcome, RefusedDeliveries};
 use crate::window::{Coalescer, Contribution, DeliveryTag, Flush, Limits};
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A parked event's confirm may take this long before the event is returned to the inbox instead.
+const PARK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Everything the pipeline needs; shared by its sessions.
 pub struct Pipeline {
@@ -235,6 +238,9 @@ struct Driver<'a> {
     coalescer: Coalescer,
     tracker: AckTracker,
     flushes: JoinSet<FlushOutcome>,
+    /// The body and properties of every delivery waiting in a window (at most `prefetch`), so an
+    /// event naming an id Weiling refused can be parked with that id in the dead-letter queue.
+    held: HashMap<DeliveryTag, (Vec<u8>, lapin::BasicProperties)>,
     /// One flush per app at a time: fetches of one app never overlap, so `fetched_at` orders the states
     /// of a customer exactly, and Weiling's per-app rate limit is not raced. Later flushes wait here.
     busy_apps: HashMap<String, VecDeque<Flush>>,
@@ -253,6 +259,7 @@ impl<'a> Driver<'a> {
                 max_wait: Duration::from_millis(w.max_wait_ms),
             }),
             tracker: AckTracker::default(),
+            held: HashMap::new(),
             flushes: JoinSet::new(),
             busy_apps: HashMap::new(),
             abort,
@@ -302,6 +309,8 @@ impl<'a> Driver<'a> {
             }
             Extracted::Ids(entity, ids) => {
                 self.tracker.expect(tag, ids.len());
+                self.held
+                    .insert(tag, (delivery.data.clone(), delivery.properties.clone()));
                 let now = Instant::now();
                 for id in ids {
                     let contribution = Contribution {
@@ -330,6 +339,11 @@ impl<'a> Driver<'a> {
                 behind.extend(queued);
             }
         }
+        for refused in &outcome.refused {
+            for tag in self.tracker.failed(&refused.deliveries) {
+                self.park_refused(tag, refused).await?;
+            }
+        }
         for deliveries in &outcome.confirmed {
             for tag in self.tracker.confirmed(deliveries) {
                 self.ack(tag).await?;
@@ -345,7 +359,46 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    async fn ack(&self, tag: DeliveryTag) -> Result<(), String> {
+    /// Publishes the event to the dead-letter queue naming the refused id, then acks it; if the
+    /// letter is not confirmed, the delivery goes back to the inbox instead (nothing is dropped).
+    async fn park_refused(
+        &mut self,
+        tag: DeliveryTag,
+        refused: &RefusedDeliveries,
+    ) -> Result<(), String> {
+        let Some((body, properties)) = self.held.get(&tag) else {
+            return self.reject(tag, false).await;
+        };
+        let letter = dead_letter::refused_event(
+            &self.pipeline.amqp.dead_letter_queue,
+            body,
+            properties,
+            &refused.id,
+            refused.code,
+            &refused.detail,
+        );
+        let publisher = &self.pipeline.sink.publisher;
+        match tokio::time::timeout(PARK_TIMEOUT, publisher.publish(letter)).await {
+            Ok(Ok(())) => {
+                crate::metrics::dead_letter(dead_letter::WEILING_REFUSED);
+                self.ack(tag).await
+            }
+            Ok(Err(error)) => {
+                warn!(
+                    error = error.as_str(),
+                    "refused event not parked; returning it to the inbox"
+                );
+                self.reject(tag, true).await
+            }
+            Err(_) => {
+                warn!("refused event not parked in time; returning it to the inbox");
+                self.reject(tag, true).await
+            }
+        }
+    }
+
+    async fn ack(&mut self, tag: DeliveryTag) -> Result<(), String> {
+        self.held.remove(&tag);
         match tokio::time::timeout(
             ACK_TIMEOUT,
             self.channel.basic_ack(tag, BasicAckOptions::default()),
@@ -358,7 +411,8 @@ impl<'a> Driver<'a> {
         }
     }
 
-    async fn reject(&self, tag: DeliveryTag, requeue: bool) -> Result<(), String> {
+    async fn reject(&mut self, tag: DeliveryTag, requeue: bool) -> Result<(), String> {
+        self.held.remove(&tag);
         let result = if requeue {
             tokio::time::timeout(
                 ACK_TIMEOUT,

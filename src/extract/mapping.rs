@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use crate::config::EventMapping;
+use crate::config::{EventMapping, EventRule};
 use crate::entity::Entity;
 
 /// What an inbox event means for the pipeline.
@@ -19,72 +19,85 @@ pub enum Extracted {
     Ids(Entity, Vec<String>),
 }
 
-struct Rule {
-    entity: Entity,
-    ids: Vec<String>,
-    when: BTreeMap<String, Value>,
-}
-
 pub struct Mapping {
-    rules: HashMap<String, Rule>,
+    rules: HashMap<String, Vec<EventRule>>,
 }
 
 impl Mapping {
     pub fn new(events: &BTreeMap<String, EventMapping>) -> Self {
         let rules = events
             .iter()
-            .map(|(event_type, mapping)| {
-                let when = match mapping {
-                    EventMapping::Pointers(_) => BTreeMap::new(),
-                    EventMapping::Conditional { when, .. } => when.clone(),
-                };
-                let rule = Rule {
-                    entity: mapping.entity(),
-                    ids: mapping.pointers().to_vec(),
-                    when,
-                };
-                (event_type.clone(), rule)
-            })
+            .filter(|(_, mapping)| !mapping.rules.is_empty())
+            .map(|(event_type, mapping)| (event_type.clone(), mapping.rules.clone()))
             .collect();
         Self { rules }
     }
 
-    /// Pointers and conditions address the event's `event` object.
+    /// Pointers and conditions address the event's `event` object (or, for a rule with `each`, each
+    /// element of that array). The first rule whose condition holds decides; later ones are not tried.
     pub fn extract(&self, event_type: &str, message: &Value) -> Extracted {
-        let Some(rule) = self.rules.get(event_type) else {
+        let Some(rules) = self.rules.get(event_type) else {
             return Extracted::Unmapped;
         };
         let Some(event) = message.get("event") else {
             return Extracted::NoIds;
         };
-        let conditions_hold = rule.when.iter().all(|(pointer, expected)| {
-            event
-                .pointer(pointer)
-                .is_some_and(|v| loosely_equal(v, expected))
-        });
-        if !conditions_hold {
-            return Extracted::NoIds;
-        }
-        let mut ids: Vec<String> = Vec::new();
-        for pointer in &rule.ids {
-            match event.pointer(pointer) {
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(as_id)
-                    .for_each(|id| push_distinct(&mut ids, id)),
-                Some(value) => {
-                    if let Some(id) = as_id(value) {
-                        push_distinct(&mut ids, id);
-                    }
+        for rule in rules {
+            let mut matched = false;
+            let mut ids: Vec<String> = Vec::new();
+            for scope in scopes(rule, event) {
+                if !conditions_hold(rule, scope) {
+                    continue;
                 }
-                None => {}
+                matched = true;
+                for pointer in &rule.ids {
+                    collect_ids(scope.pointer(pointer), &mut ids);
+                }
+            }
+            if matched {
+                return if ids.is_empty() {
+                    Extracted::NoIds
+                } else {
+                    Extracted::Ids(rule.entity, ids)
+                };
             }
         }
-        if ids.is_empty() {
-            Extracted::NoIds
-        } else {
-            Extracted::Ids(rule.entity, ids)
+        Extracted::NoIds
+    }
+}
+
+/// The objects a rule reads: the event itself, or every element of its `each` array.
+fn scopes<'a>(rule: &EventRule, event: &'a Value) -> Vec<&'a Value> {
+    match &rule.each {
+        None => vec![event],
+        Some(pointer) => match event.pointer(pointer) {
+            Some(Value::Array(items)) => items.iter().collect(),
+            _ => Vec::new(),
+        },
+    }
+}
+
+fn conditions_hold(rule: &EventRule, scope: &Value) -> bool {
+    rule.when.iter().all(|(pointer, expected)| {
+        scope
+            .pointer(pointer)
+            .is_some_and(|v| loosely_equal(v, expected))
+    })
+}
+
+/// A pointer to an array takes every element.
+fn collect_ids(value: Option<&Value>, ids: &mut Vec<String>) {
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(as_id)
+            .for_each(|id| push_distinct(ids, id)),
+        Some(value) => {
+            if let Some(id) = as_id(value) {
+                push_distinct(ids, id);
+            }
         }
+        None => {}
     }
 }
 
@@ -135,33 +148,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Mappings in the file form, so the tests read like `[events]`.
     fn mapping() -> Mapping {
-        Mapping::new(&BTreeMap::from([
-            (
-                "add_customer".to_owned(),
-                EventMapping::Pointers(vec!["/customer_id".into()]),
-            ),
-            (
-                "tagged".to_owned(),
-                EventMapping::Pointers(vec!["/customer_ids".into(), "/also".into()]),
-            ),
-            (
-                "progress_add".to_owned(),
-                EventMapping::Conditional {
-                    entity: Entity::Customer,
-                    ids: vec!["/business_related_id".into()],
-                    when: BTreeMap::from([("/type".to_owned(), json!(1))]),
-                },
-            ),
-            (
-                "contact_add".to_owned(),
-                EventMapping::Conditional {
-                    entity: Entity::Contact,
-                    ids: vec!["/contact_id".into()],
-                    when: BTreeMap::new(),
-                },
-            ),
-        ]))
+        let events: BTreeMap<String, EventMapping> = toml::from_str(
+            r#"
+            add_customer = ["/customer_id"]
+            tagged = ["/customer_ids", "/also"]
+            progress_add = { ids = ["/business_related_id"], when = { "/type" = 1 } }
+            contact_add = { entity = "contact", ids = ["/contact_id"] }
+            turned_off = []
+            company_add = [
+                { entity = "contact", each = "/customer_list", ids = ["/id"], when = { "/type" = 0 } },
+            ]
+            tag_update = [
+                { ids = ["/id"], when = { "/type" = 1 } },
+                { entity = "contact", ids = ["/id"], when = { "/type" = 1 } },
+                { entity = "contact", ids = ["/id"], when = { "/type" = 0 } },
+            ]
+            "#,
+        )
+        .unwrap();
+        Mapping::new(&events)
     }
 
     #[test]
@@ -212,11 +219,60 @@ mod tests {
     }
 
     #[test]
+    fn each_applies_the_condition_to_every_element_of_a_list() {
+        let event = json!({"event": {"company_id": "co1", "customer_list": [
+            {"id": "k1", "type": 0, "nick_name": "a"},
+            {"id": "visitor", "type": 4, "nick_name": "b"},
+            {"id": "k2", "type": "0"},
+            {"id": "k1", "type": 0},
+            "not an object",
+        ]}});
+        assert_eq!(
+            mapping().extract("company_add", &event),
+            Extracted::Ids(Entity::Contact, vec!["k1".into(), "k2".into()]),
+            "visitors (type 4) are not contacts"
+        );
+        let only_visitors = json!({"event": {"customer_list": [{"id": "v", "type": 4}]}});
+        assert_eq!(
+            mapping().extract("company_add", &only_visitors),
+            Extracted::NoIds
+        );
+        assert_eq!(
+            mapping().extract("company_add", &json!({"event": {"customer_list": "x"}})),
+            Extracted::NoIds
+        );
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins() {
+        let m = mapping();
+        assert_eq!(
+            m.extract("tag_update", &json!({"event": {"id": "c1", "type": "1"}})),
+            Extracted::Ids(Entity::Customer, vec!["c1".into()]),
+            "the contact rule for type 1 comes second and is never reached"
+        );
+        assert_eq!(
+            m.extract("tag_update", &json!({"event": {"id": "k1", "type": 0}})),
+            Extracted::Ids(Entity::Contact, vec!["k1".into()])
+        );
+        assert_eq!(
+            m.extract("tag_update", &json!({"event": {"id": "co", "type": "3"}})),
+            Extracted::NoIds,
+            "a company tag names neither"
+        );
+    }
+
+    #[test]
     fn unmapped_and_idless_events_are_told_apart() {
         let m = mapping();
         assert_eq!(
             m.extract("group_chat_update", &json!({"event": {}})),
             Extracted::Unmapped
+        );
+        assert_eq!(
+            m.extract("turned_off", &json!({"event": {"customer_id": "c"}})),
+            Extracted::Unmapped,
+            "an empty list turns a mapping off"
         );
         assert_eq!(
             m.extract("add_customer", &json!({"event": {}})),

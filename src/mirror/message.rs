@@ -272,7 +272,7 @@ mod tests {
                 app_id: "wloa1",
                 id: "c1",
                 op: record::Op::Upsert,
-                record: Some(&data),
+                record: Some(&*serde_json::value::to_raw_value(&data).unwrap()),
                 source: &source,
                 fetched_at_ms: 1_745_818_724_012,
             },

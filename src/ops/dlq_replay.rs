@@ -34,6 +34,7 @@ use crate::amqp::Outgoing;
 use crate::amqp::publisher::with_heartbeat;
 use crate::amqp::topology::PARTITION_HEADER;
 use crate::config::Settings;
+use crate::persist::dead_letter::{REFUSED_CODE_HEADER, REFUSED_ID_HEADER, WEILING_REFUSED};
 use crate::persist::{dead_letter, inbox};
 use crate::verify::{Apps, CallbackQuery, Rejection, Verified, Verifier, unix_ms};
 
@@ -48,6 +49,9 @@ pub enum Reason {
     Json,
     /// Inbox events the broker dead-lettered (`x-death`), e.g. after Weiling refused their batch.
     Rejected,
+    /// Inbox events parked because Weiling refused one id they name (`x-weiling-id`).
+    #[value(name = "weiling_refused")]
+    WeilingRefused,
 }
 
 impl Reason {
@@ -57,6 +61,7 @@ impl Reason {
             Self::ReceiveId => "receive_id",
             Self::Json => "json",
             Self::Rejected => "rejected",
+            Self::WeilingRefused => WEILING_REFUSED,
         }
     }
 }
@@ -389,6 +394,7 @@ fn judge(
         Some("decrypt") => Reason::Decrypt,
         Some("receive_id") => Reason::ReceiveId,
         Some("json") => Reason::Json,
+        Some(WEILING_REFUSED) => Reason::WeilingRefused,
         Some(_) => return Verdict::Skip("unrecognised"),
         None if headers.is_some_and(|h| h.contains_key("x-death")) => Reason::Rejected,
         None => return Verdict::Skip("unrecognised"),
@@ -447,7 +453,7 @@ fn judge(
             Ok(event) => Verdict::Replay(router.message(event), "json"),
             Err(_) => Verdict::Failing("json"),
         },
-        Reason::Rejected => {
+        Reason::Rejected | Reason::WeilingRefused => {
             let Some(event_type) = text("event_type") else {
                 return Verdict::Failing("malformed");
             };
@@ -460,7 +466,7 @@ fn judge(
                     h.iter()
                         .filter(|(k, _)| {
                             let k = k.as_str();
-                            k != "x-death"
+                            !PARKING_HEADERS.contains(&k)
                                 && !k.starts_with("x-first-death-")
                                 && !k.starts_with("x-last-death-")
                         })
@@ -488,14 +494,26 @@ fn judge(
                     exchange: amqp.events_exchange.clone(),
                     routing_key: inbox::routing_key(&app_id, &event_type),
                     body: body.to_vec(),
-                    properties: properties.clone().with_headers(table),
+                    properties: properties
+                        .clone()
+                        .with_type(format!("event.{event_type}").as_str().into())
+                        .with_headers(table),
                     mandatory: true,
                 },
-                "rejected",
+                reason.as_str(),
             )
         }
     }
 }
+
+/// What parking added to an inbox event; a replayed event is published without it.
+const PARKING_HEADERS: [&str; 5] = [
+    "x-death",
+    "x-reason",
+    "x-detail",
+    REFUSED_ID_HEADER,
+    REFUSED_CODE_HEADER,
+];
 
 fn set_header(outgoing: &mut Outgoing, name: &str, value: AMQPValue) {
     let mut headers = outgoing.properties.headers().clone().unwrap_or_default();

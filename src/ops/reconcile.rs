@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 
 use futures::future::join_all;
 use secrecy::ExposeSecret;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -429,10 +429,10 @@ pub async fn reconcile(
                 continue;
             }
         };
-        let records: HashMap<&str, &Value> = fetched
+        let records: HashMap<&str, &RawValue> = fetched
             .records
             .iter()
-            .map(|(id, r)| (id.as_str(), r))
+            .map(|(id, r)| (id.as_str(), &**r))
             .collect();
         let fetched_at_ms = unix_ms(SystemTime::now());
         let publishes = chunk.iter().map(|id| {

@@ -55,3 +55,41 @@ pub fn message(dead_letter_queue: &str, letter: &AuthenticUndecodable) -> Outgoi
         mandatory: true,
     }
 }
+
+/// Why an inbox event went to the dead-letter queue although it was read fine: Weiling refused one
+/// id it names on its own (a code that does not mean "does not exist").
+pub const WEILING_REFUSED: &str = "weiling_refused";
+/// The id Weiling refused, on a `weiling_refused` letter.
+pub const REFUSED_ID_HEADER: &str = "x-weiling-id";
+/// Weiling's refusal code, on a `weiling_refused` letter.
+pub const REFUSED_CODE_HEADER: &str = "x-weiling-code";
+
+/// An inbox event parked because Weiling refused the id `id` it names: the event's own body and
+/// headers (so `dlq replay` can publish it back unchanged), plus the reason, the id and the code.
+pub fn refused_event(
+    dead_letter_queue: &str,
+    body: &[u8],
+    properties: &BasicProperties,
+    id: &str,
+    code: i64,
+    detail: &str,
+) -> Outgoing {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-reason".into(),
+        AMQPValue::LongString(WEILING_REFUSED.into()),
+    );
+    headers.insert("x-detail".into(), AMQPValue::LongString(detail.into()));
+    headers.insert(REFUSED_ID_HEADER.into(), AMQPValue::LongString(id.into()));
+    headers.insert(REFUSED_CODE_HEADER.into(), AMQPValue::LongLongInt(code));
+    Outgoing {
+        exchange: String::new(),
+        routing_key: dead_letter_queue.to_owned(),
+        body: body.to_vec(),
+        properties: properties
+            .clone()
+            .with_type(format!("dead.{WEILING_REFUSED}").as_str().into())
+            .with_headers(headers),
+        mandatory: true,
+    }
+}

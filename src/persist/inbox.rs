@@ -60,6 +60,9 @@ impl InboxRouter {
 
 pub const PERSISTENT: u8 = 2;
 
+/// The callback header's own time (ms), from `time_stamp` or `timestamp`, when it has one.
+pub const SENT_AT_HEADER: &str = "sent_at";
+
 pub fn routing_key(app_id: &str, event_type: &str) -> String {
     format!("event.{app_id}.{event_type}")
 }
@@ -86,6 +89,9 @@ pub fn message(
         "received_at".into(),
         AMQPValue::LongLongInt(i64::try_from(event.received_at_ms()).unwrap_or(i64::MAX)),
     );
+    if let Some(sent_at) = event.sent_at_ms().and_then(|ms| i64::try_from(ms).ok()) {
+        headers.insert(SENT_AT_HEADER.into(), AMQPValue::LongLongInt(sent_at));
+    }
     let properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())

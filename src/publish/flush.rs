@@ -9,9 +9,10 @@ use tracing::{debug, warn};
 
 use super::RecordSink;
 use super::record::{self, Op, Record};
-use crate::enrich::EnrichError;
+use crate::enrich::{EnrichError, Isolated, RefusedId};
 use crate::verify::unix_ms;
 use crate::window::{DeliveryTag, Flush};
+use serde_json::value::RawValue;
 
 /// Weiling's documented batch cap.
 pub const BATCH_CAP: usize = 100;
@@ -25,12 +26,23 @@ pub struct FlushOutcome {
     pub confirmed: Vec<Vec<DeliveryTag>>,
     /// Ids not published; `permanent` says whether a retry could help.
     pub failed: Vec<Vec<DeliveryTag>>,
+    /// Ids Weiling refused on their own: only the deliveries naming them are parked, with the id.
+    pub refused: Vec<RefusedDeliveries>,
     pub permanent: bool,
     pub records: usize,
     pub missing: usize,
     /// Fetched states identical to the last one published for that customer: not sent again.
     pub unchanged: usize,
     pub batch_calls: usize,
+}
+
+/// The deliveries that named one id Weiling refused on its own, and why.
+#[derive(Debug, Clone)]
+pub struct RefusedDeliveries {
+    pub id: String,
+    pub code: i64,
+    pub detail: String,
+    pub deliveries: Vec<DeliveryTag>,
 }
 
 /// Enriches and publishes one flush. Publishing retries until confirmed or `abort` fires, because the
@@ -45,13 +57,17 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
         outcome.batch_calls += 1;
         let fetched = sink
             .client
-            .fetch(&flush.app_id, flush.entity, chunk, abort)
+            .fetch_isolating(&flush.app_id, flush.entity, chunk, abort)
             .await;
         if let Some(state) = sink.client.breaker_state(&flush.app_id) {
             crate::metrics::circuit_state(&flush.app_id, state.as_gauge());
         }
-        let fetched = match fetched {
-            Ok(fetched) => fetched,
+        let Isolated {
+            fetched,
+            refused,
+            calls,
+        } = match fetched {
+            Ok(isolated) => isolated,
             Err(error) => {
                 warn!(app_id = %flush.app_id, entity = flush.entity.as_str(), ids = chunk.len(), error = %error, "batch call failed; inbox deliveries stay unacked");
                 outcome.permanent |= is_permanent(&error);
@@ -64,17 +80,30 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
                 continue;
             }
         };
+        outcome.batch_calls += calls.saturating_sub(1);
         let fetched_at_ms = unix_ms(std::time::SystemTime::now());
-        let records: std::collections::HashMap<&str, &serde_json::Value> = fetched
+        let records: std::collections::HashMap<&str, &RawValue> = fetched
             .records
             .iter()
-            .map(|(id, r)| (id.as_str(), r))
+            .map(|(id, r)| (id.as_str(), &**r))
             .collect();
+        let refused: std::collections::HashMap<String, RefusedId> =
+            refused.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut publishes = Vec::new();
         for id in chunk {
             let Some(source) = flush.ids.get(id) else {
                 continue;
             };
+            if let Some(refusal) = refused.get(id.as_str()) {
+                warn!(app_id = %flush.app_id, entity = flush.entity.as_str(), code = refusal.code, "Weiling refused one id on its own; parking the events that name it");
+                outcome.refused.push(RefusedDeliveries {
+                    id: id.clone(),
+                    code: refusal.code,
+                    detail: refusal.detail.clone(),
+                    deliveries: source.deliveries.clone(),
+                });
+                continue;
+            }
             let (op, record) = match records.get(id.as_str()) {
                 Some(record) => (Op::Upsert, Some(*record)),
                 None => (Op::Missing, None),

@@ -7,7 +7,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::amqp::Outgoing;
@@ -60,7 +60,7 @@ struct Body<'a> {
     id: EntityId<'a>,
     fetched_at: u64,
     source: Source<'a>,
-    record: Option<&'a Value>,
+    record: Option<&'a RawValue>,
 }
 
 /// Everything one record message needs.
@@ -70,7 +70,7 @@ pub struct Record<'a> {
     pub id: &'a str,
     pub op: Op,
     /// One element of the batch answer's list, exactly as Weiling returned it; `None` for `missing`.
-    pub record: Option<&'a Value>,
+    pub record: Option<&'a RawValue>,
     pub source: &'a IdSource,
     pub fetched_at_ms: u64,
 }
@@ -79,8 +79,8 @@ pub fn routing_key(entity: Entity, app_id: &str, op: Op) -> String {
     format!("{}.{app_id}.{}", entity.as_str(), op.as_str())
 }
 
-/// Identical states get identical ids, so consumers can deduplicate redeliveries. serde_json's map
-/// keeps keys sorted, so `to_string` is a canonical form of the record. A contact's hash starts with
+/// Identical states get identical ids, so consumers can deduplicate redeliveries. The record is
+/// hashed as Weiling's bytes for it, which are the same for the same state. A contact's hash starts with
 /// `contact` so a contact and a customer with the same id never share one; a customer's hash is
 /// exactly contract.md's (app_id, customer_id, op, record).
 pub fn message_id(
@@ -88,9 +88,9 @@ pub fn message_id(
     app_id: &str,
     id: &str,
     op: Op,
-    record: Option<&Value>,
+    record: Option<&RawValue>,
 ) -> String {
-    let canonical = record.map_or_else(|| "null".to_owned(), Value::to_string);
+    let content = record.map_or("null", RawValue::get);
     let mut hash = Sha256::new();
     if entity != Entity::Customer {
         hash.update(entity.as_str());
@@ -103,7 +103,7 @@ pub fn message_id(
             .chain_update([0u8])
             .chain_update(op.as_str())
             .chain_update([0u8])
-            .chain_update(canonical)
+            .chain_update(content)
             .finalize(),
     )
 }
@@ -200,6 +200,11 @@ fn sign(key: &SecretString, body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    fn raw(v: Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).unwrap()
+    }
     use serde_json::json;
 
     const C: Entity = Entity::Customer;
@@ -215,14 +220,14 @@ mod tests {
 
     #[test]
     fn an_upsert_matches_the_contract() {
-        let record = json!({"customer_id": "c1", "name": "张三"});
+        let record = raw(json!({"customer_id": "c1", "name": "张三"}));
         let src = source();
         let r = Record {
             entity: Entity::Customer,
             app_id: "wloa1",
             id: "c1",
             op: Op::Upsert,
-            record: Some(&record),
+            record: Some(&*record),
             source: &src,
             fetched_at_ms: 1_745_818_724_012,
         };
@@ -258,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_reconciled_record_says_so_and_keeps_the_content_hash_id() {
-        let record = json!({"customer_id": "c1"});
+        let record = raw(json!({"customer_id": "c1"}));
         let src = IdSource {
             events: 0,
             event_types: ["reconcile".to_owned()].into(),
@@ -270,7 +275,7 @@ mod tests {
             app_id: "wloa1",
             id: "c1",
             op: Op::Upsert,
-            record: Some(&record),
+            record: Some(&*record),
             source: &src,
             fetched_at_ms: 9,
         };
@@ -289,32 +294,37 @@ mod tests {
 
     #[test]
     fn identical_states_share_a_message_id_and_different_ones_do_not() {
-        let a = json!({"b": 1, "a": 2});
-        let b = json!({"a": 2, "b": 1});
+        let a = raw(json!({"b": 1, "a": 2}));
+        let b = raw(json!({"b": 1, "a": 2}));
         assert_eq!(
-            message_id(C, "x", "c", Op::Upsert, Some(&a)),
-            message_id(C, "x", "c", Op::Upsert, Some(&b))
+            message_id(C, "x", "c", Op::Upsert, Some(&*a)),
+            message_id(C, "x", "c", Op::Upsert, Some(&*b))
+        );
+        let c = raw(json!({"b": 1, "a": 3}));
+        assert_ne!(
+            message_id(C, "x", "c", Op::Upsert, Some(&*a)),
+            message_id(C, "x", "c", Op::Upsert, Some(&*c))
         );
         assert_ne!(
-            message_id(C, "x", "c", Op::Upsert, Some(&a)),
+            message_id(C, "x", "c", Op::Upsert, Some(&*a)),
             message_id(C, "x", "c", Op::Missing, None)
         );
         assert_ne!(
-            message_id(C, "x", "c", Op::Upsert, Some(&a)),
-            message_id(C, "x", "d", Op::Upsert, Some(&a))
+            message_id(C, "x", "c", Op::Upsert, Some(&*a)),
+            message_id(C, "x", "d", Op::Upsert, Some(&*a))
         );
     }
 
     #[test]
     fn a_contact_carries_its_own_schema_id_field_type_and_routing_key() {
-        let record = json!({"contact_id": "k1", "user_name": "李四"});
+        let record = raw(json!({"contact_id": "k1", "user_name": "李四"}));
         let src = source();
         let r = Record {
             entity: Entity::Contact,
             app_id: "wloa1",
             id: "k1",
             op: Op::Upsert,
-            record: Some(&record),
+            record: Some(&*record),
             source: &src,
             fetched_at_ms: 1_745_818_724_012,
         };
@@ -324,7 +334,7 @@ mod tests {
         assert_eq!(body["schema"], "weiling-relay.contact.v1");
         assert_eq!(body["contact_id"], "k1");
         assert!(body.get("customer_id").is_none());
-        assert_eq!(body["record"], record);
+        assert_eq!(body["record"].to_string(), record.get());
         let p = &out.properties;
         assert_eq!(
             p.kind().as_ref().map(|s| s.as_str()),
@@ -333,8 +343,8 @@ mod tests {
         let headers = p.headers().as_ref().unwrap().inner();
         assert!(headers.get("contact_id").is_some() && headers.get("customer_id").is_none());
         assert_ne!(
-            message_id(Entity::Contact, "wloa1", "k1", Op::Upsert, Some(&record)),
-            message_id(C, "wloa1", "k1", Op::Upsert, Some(&record)),
+            message_id(Entity::Contact, "wloa1", "k1", Op::Upsert, Some(&*record)),
+            message_id(C, "wloa1", "k1", Op::Upsert, Some(&*record)),
             "a contact and a customer with one id never share a message id"
         );
     }

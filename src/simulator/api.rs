@@ -42,6 +42,8 @@ enum ApiError {
     Auth(i64),
     #[error("调用频率超出限制,请稍后再试")]
     RateLimited(i64),
+    #[error("{}", refusal_message(*.0))]
+    Refused(i64),
 }
 
 impl ApiError {
@@ -54,12 +56,21 @@ impl ApiError {
             Self::OverLimit => 1012,
             Self::BadFormat => 1013,
             Self::BadCredentials => 501,
-            Self::Auth(code) | Self::RateLimited(code) => *code,
+            Self::Auth(code) | Self::RateLimited(code) | Self::Refused(code) => *code,
         }
     }
 
     fn envelope(&self) -> Value {
         json!({ "code": self.code(), "msg": self.to_string(), "data": null })
+    }
+}
+
+/// Weiling's own words for the refusal codes of its global code table.
+fn refusal_message(code: i64) -> &'static str {
+    match code {
+        3000 => "客户不存在",
+        1003 => "数据不存在",
+        _ => "不合法的参数",
     }
 }
 
@@ -117,7 +128,10 @@ async fn token(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
 
 /// What one batch call was answered; the handler turns it into a response and a `BatchCall`.
 enum Answer {
-    Records(Vec<Value>),
+    /// The JSON text of each record, in request order.
+    Records(Vec<String>),
+    /// `code` 0 with an empty `data` object.
+    NoList,
     Error(ApiError),
     Http5xx(StatusCode),
     TooMany(u64),
@@ -162,9 +176,19 @@ async fn batch(
     let (app_id, answer) = decide(&mut state, entity, &req, &parsed);
     let (response, code) = match answer {
         Answer::Records(records) => {
-            let mut data = serde_json::Map::new();
-            data.insert(entity.list_field().to_owned(), Value::Array(records));
-            let body = json!({ "code": 0, "msg": "success", "data": data });
+            // Assembled as text so a record's bytes reach the client exactly as stored.
+            let body = format!(
+                r#"{{"code":0,"msg":"success","data":{{"{}":[{}]}}}}"#,
+                entity.list_field(),
+                records.join(",")
+            );
+            let response = HttpResponse::Ok()
+                .content_type("application/json;charset=UTF-8")
+                .body(body);
+            (response, 0)
+        }
+        Answer::NoList => {
+            let body = json!({ "code": 0, "msg": "success", "data": {} });
             (envelope_response(StatusCode::OK, &body), 0)
         }
         Answer::Error(error) => (
@@ -258,18 +282,55 @@ fn decide(
     if ids.len() > state.config.batch_cap {
         return (app_id, Answer::Error(ApiError::OverLimit));
     }
+    if state.quirks.no_list {
+        return (app_id, Answer::NoList);
+    }
+    let quirks = &state.quirks;
+    let people = state.people.get(&(entity, app.to_owned()));
+    let raw = |id: &str| {
+        quirks
+            .raw_records
+            .get(&(entity, app.to_owned(), id.to_owned()))
+    };
+    let known: HashSet<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| raw(id).is_some() || people.is_some_and(|p| p.contains_key(*id)))
+        .collect();
+    if let Some(code) = quirks.refusal(ids, &known) {
+        return (app_id, Answer::Error(ApiError::Refused(code)));
+    }
     let mut seen = HashSet::new();
-    let records = state
-        .people
-        .get(&(entity, app.to_owned()))
-        .map(|people| {
-            ids.iter()
-                .filter(|id| seen.insert(id.as_str()))
-                .filter_map(|id| people.get(id).map(|p| p.record.clone()))
-                .collect()
+    let records = ids
+        .iter()
+        .filter(|id| seen.insert(id.as_str()))
+        .filter_map(|id| match raw(id) {
+            Some(text) => Some(text.clone()),
+            None => people
+                .and_then(|p| p.get(id))
+                .map(|p| record_text(&p.record, entity, quirks.numeric_ids)),
         })
-        .unwrap_or_default();
+        .collect();
     (app_id, Answer::Records(records))
+}
+
+/// A stored record as JSON text; with `numeric_ids`, an id of digits is written as a number.
+fn record_text(record: &Value, entity: Entity, numeric_ids: bool) -> String {
+    let numeric = record
+        .get(entity.id_field())
+        .and_then(Value::as_str)
+        .filter(|_| numeric_ids)
+        .and_then(|id| id.parse::<u64>().ok());
+    match numeric {
+        Some(number) => {
+            let mut record = record.clone();
+            if let Some(fields) = record.as_object_mut() {
+                fields.insert(entity.id_field().to_owned(), json!(number));
+            }
+            record.to_string()
+        }
+        None => record.to_string(),
+    }
 }
 
 /// `{"customer_ids":[…]}` (or `contact_ids`): not a JSON object → 1011, no id list → 1000, not a list

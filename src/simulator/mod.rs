@@ -17,6 +17,7 @@ pub mod cli;
 pub mod contacts;
 pub mod driver;
 pub mod events;
+mod quirks;
 pub mod records;
 mod state;
 

@@ -8,6 +8,7 @@ use indexmap::IndexMap;
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 
+use super::quirks::Quirks;
 use super::{BatchCall, SimConfig};
 use crate::entity::Entity;
 
@@ -35,6 +36,7 @@ impl Shared {
                 windows: HashMap::new(),
                 batch_calls: Vec::new(),
                 token_calls: 0,
+                quirks: Quirks::default(),
             }),
         }
     }
@@ -77,6 +79,7 @@ pub(super) struct State {
     pub windows: HashMap<(String, &'static str), VecDeque<Instant>>,
     pub batch_calls: Vec<BatchCall>,
     pub token_calls: usize,
+    pub quirks: Quirks,
 }
 
 impl State {

@@ -71,6 +71,7 @@ pub struct VerifiedEvent {
     event_type: String,
     body: Vec<u8>,
     received_at_ms: u64,
+    sent_at_ms: Option<u64>,
     message_id: String,
 }
 
@@ -87,6 +88,11 @@ impl VerifiedEvent {
     }
     pub fn received_at_ms(&self) -> u64 {
         self.received_at_ms
+    }
+    /// The header's own time (`time_stamp`, or `timestamp` on some of Weiling's pages; a 13-digit
+    /// ms string or number), when it has a readable one.
+    pub fn sent_at_ms(&self) -> Option<u64> {
+        self.sent_at_ms
     }
     /// Hex SHA-256 of app id and body: a sender's retry of the same event carries the same id, so
     /// consumers of raw events can deduplicate.
@@ -212,10 +218,10 @@ impl Verifier {
         received_at_ms: u64,
     ) -> Result<VerifiedEvent, &'static str> {
         let app = self.apps.get(app_id).ok_or("app is not configured")?;
-        let event_type = event_type_of(&decrypted)?;
+        let header = header_of(&decrypted)?;
         Ok(verified_event(
             app.app_id(),
-            event_type,
+            header,
             decrypted,
             received_at_ms,
         ))
@@ -263,10 +269,10 @@ impl Verifier {
                 ));
             }
         };
-        match event_type_of(&plain.message) {
-            Ok(event_type) => Ok(Verified::Event(verified_event(
+        match header_of(&plain.message) {
+            Ok(header) => Ok(Verified::Event(verified_event(
                 app.app_id(),
-                event_type,
+                header,
                 plain.message,
                 received_at_ms,
             ))),
@@ -323,7 +329,7 @@ fn parse_envelope(body: &[u8]) -> Result<Envelope, Rejection> {
 /// the same event carries the same id as the original.
 fn verified_event(
     app_id: &str,
-    event_type: String,
+    header: Header,
     body: Vec<u8>,
     received_at_ms: u64,
 ) -> VerifiedEvent {
@@ -336,9 +342,10 @@ fn verified_event(
     );
     VerifiedEvent {
         app_id: app_id.to_owned(),
-        event_type,
+        event_type: header.event_type,
         body,
         received_at_ms,
+        sent_at_ms: header.sent_at_ms,
         message_id,
     }
 }
@@ -364,7 +371,7 @@ fn parse_timestamp_s(timestamp: &str) -> Option<u64> {
 /// part of `event.<app_id>.<event_type>`. The whole message is parsed, not just the header: a reader
 /// that only skips the other fields lets invalid UTF-8 or an out-of-range number through, and such
 /// a message would be answered `success` yet be unreadable for every consumer of the inbox.
-fn event_type_of(message: &[u8]) -> Result<String, &'static str> {
+fn header_of(message: &[u8]) -> Result<Header, &'static str> {
     let parsed: serde_json::Value =
         serde_json::from_slice(message).map_err(|_| "not valid JSON")?;
     let Some(event_type) = parsed
@@ -381,7 +388,34 @@ fn event_type_of(message: &[u8]) -> Result<String, &'static str> {
     {
         return Err("header.event_type is not a word of letters, digits, '-' or '_'");
     }
-    Ok(event_type)
+    let sent_at_ms = parsed.get("header").and_then(|header| {
+        ["time_stamp", "timestamp"]
+            .iter()
+            .find_map(|key| header.get(*key).and_then(ms_of))
+    });
+    Ok(Header {
+        event_type,
+        sent_at_ms,
+    })
+}
+
+/// What the relay reads from a decrypted message's `header`.
+struct Header {
+    event_type: String,
+    sent_at_ms: Option<u64>,
+}
+
+/// A header time: Weiling's examples send 13-digit milliseconds as a string, its field tables as a
+/// number. Anything else (seconds, text) is not a time the relay can vouch for.
+fn ms_of(value: &serde_json::Value) -> Option<u64> {
+    let ms = match value {
+        serde_json::Value::String(text) if text.len() == 13 => text.parse().ok()?,
+        serde_json::Value::Number(n) => n.as_u64()?,
+        _ => return None,
+    };
+    (1_000_000_000_000..10_000_000_000_000)
+        .contains(&ms)
+        .then_some(ms)
 }
 
 pub fn unix_ms(now: SystemTime) -> u64 {

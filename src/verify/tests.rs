@@ -56,6 +56,31 @@ fn a_valid_callback_becomes_a_verified_event() {
 }
 
 #[test]
+fn the_header_time_is_read_from_time_stamp_or_timestamp_as_text_or_number() {
+    let cases = [
+        (r#""time_stamp":"1745818723565""#, Some(1_745_818_723_565)),
+        (r#""time_stamp":1745818723565"#, Some(1_745_818_723_565)),
+        (r#""timestamp":"1745818723566""#, Some(1_745_818_723_566)),
+        (r#""timestamp":1745818723567"#, Some(1_745_818_723_567)),
+        (r#""time_stamp":"string""#, None),
+        (r#""timestamp":1745818723"#, None),
+        (r#""other":1"#, None),
+    ];
+    for (field, expected) in cases {
+        let json = format!(
+            r#"{{"header":{{"to_app":"{APP}","event_type":"add_customer",{field}}},"event":{{}}}}"#
+        );
+        let sealed = seal_event(&keys(APP, KEY_A), json.as_bytes(), &ts(0), "n1");
+        let Ok(Verified::Event(event)) =
+            verifier().verify_post(&sealed.query, &sealed.body, None, now())
+        else {
+            panic!("{field}: expected an event")
+        };
+        assert_eq!(event.sent_at_ms(), expected, "{field}");
+    }
+}
+
+#[test]
 fn millisecond_timestamps_are_accepted() {
     let sealed = seal_event(&keys(APP, KEY_A), EVENT, &format!("{}000", NOW_S), "n1");
     assert!(matches!(

@@ -156,6 +156,7 @@ impl Rig {
             first_event_at_ms: fetched_at.saturating_sub(300),
             deliveries: Vec::new(),
         };
+        let raw = record.map(|r| serde_json::value::to_raw_value(r).unwrap());
         record::message(
             &self.settings.amqp.customers_exchange,
             &Record {
@@ -163,7 +164,7 @@ impl Rig {
                 app_id: &self.app_id,
                 id,
                 op,
-                record,
+                record: raw.as_deref(),
                 source: &source,
                 fetched_at_ms: fetched_at,
             },
