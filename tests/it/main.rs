@@ -10,6 +10,7 @@ mod demo;
 mod fault;
 mod helpers;
 mod mirror;
+mod odd_answers;
 mod operate;
 mod ops;
 mod pipeline;
