@@ -111,6 +111,13 @@ SIGTERM.
 {{/*
 A TOML array of integers.
 */}}
+{{/*
+One `[events]` rule as a TOML inline table: { entity = …, ids = […], each = …, when = { … } }.
+*/}}
+{{- define "weiling-relay.eventRule" -}}
+{ {{- with .entity }} entity = {{ . | toJson }},{{ end }} ids = {{ .ids | toJson }}{{ with .each }}, each = {{ . | toJson }}{{ end }}{{ with .when }}, when = { {{- range $i, $p := keys . | sortAlpha }}{{ if $i }},{{ end }} {{ $p | toJson }} = {{ index $.when $p | toJson }}{{ end }} }{{ end }} }
+{{- end }}
+
 {{- define "weiling-relay.tomlIntList" -}}
 [{{ range $i, $c := . }}{{ if $i }}, {{ end }}{{ int64 $c }}{{ end }}]
 {{- end }}
