@@ -6,7 +6,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -116,14 +116,12 @@ pub(crate) fn describe_transport(e: &reqwest::Error) -> String {
 /// (no `data` object, or no array under the entity's list): garbage, never "every id is missing",
 /// which would mark real customers deleted downstream. An empty list does mean every id is missing.
 pub(crate) fn records(body: &[u8], entity: Entity, requested: &[String]) -> Option<Fetched> {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        data: Option<&'a RawValue>,
-    }
-    let envelope: Envelope<'_> = serde_json::from_slice(body).ok()?;
-    let data: BTreeMap<String, &RawValue> = serde_json::from_str(envelope.data?.get()).ok()?;
-    let list: Vec<&RawValue> = serde_json::from_str(data.get(entity.list_field())?.get()).ok()?;
+    let envelope: BatchEnvelope<'_> = serde_json::from_slice(body).ok()?;
+    let data = envelope.data?;
+    let list = match entity {
+        Entity::Customer => data.customer_list,
+        Entity::Contact => data.contact_list,
+    }?;
     let mut by_id: HashMap<String, &RawValue> = HashMap::with_capacity(list.len());
     for record in list {
         // A record without a usable id cannot be matched to a request, so it is dropped.
@@ -142,17 +140,48 @@ pub(crate) fn records(body: &[u8], entity: Entity, requested: &[String]) -> Opti
     Some(Fetched { records, missing })
 }
 
+/// A batch answer down to its lists, each element kept as the raw text Weiling sent. Everything else
+/// is skipped unread, which keeps a 100-record answer cheap.
+#[derive(serde::Deserialize)]
+struct BatchEnvelope<'a> {
+    #[serde(borrow)]
+    data: Option<BatchData<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchData<'a> {
+    #[serde(borrow, default)]
+    customer_list: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    contact_list: Option<Vec<&'a RawValue>>,
+}
+
+/// The two id fields a record may carry; the entity decides which one counts.
+#[derive(serde::Deserialize)]
+struct RecordIds<'a> {
+    #[serde(borrow, default)]
+    customer_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    contact_id: Option<&'a RawValue>,
+}
+
 /// The record's id as the event named it: a string as is, a number by its exact decimal text (an
 /// id echoed back as a JSON number is the same customer, even beyond 2^53).
 fn record_id(record: &RawValue, entity: Entity) -> Option<String> {
-    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(record.get()).ok()?;
-    let raw = fields.get(entity.id_field())?.get();
-    match serde_json::from_str::<Value>(raw).ok()? {
-        Value::String(id) => Some(id),
-        Value::Number(_) => Some(raw.to_owned()),
-        _ => None,
-    }
-    .filter(|id| !id.is_empty())
+    let ids: RecordIds<'_> = serde_json::from_str(record.get()).ok()?;
+    let raw = match entity {
+        Entity::Customer => ids.customer_id,
+        Entity::Contact => ids.contact_id,
+    }?
+    .get();
+    let id = if raw.starts_with('"') {
+        serde_json::from_str::<String>(raw).ok()?
+    } else if raw.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        raw.to_owned()
+    } else {
+        return None;
+    };
+    (!id.is_empty()).then_some(id)
 }
 
 #[cfg(test)]
