@@ -44,7 +44,8 @@ pub struct SimConfig {
     pub reissue_invalidates_old: bool,
     /// Per app and endpoint, over a sliding 60 s window.
     pub rate_limit_per_minute: u32,
-    /// 1015 by default; 1009 is the other candidate in Weiling's conflicting code tables.
+    /// 1009, 接口调用超过频率限制 in Weiling's 全局异常码 table (weiling-events.md §4); 1015 is only
+    /// in third-party code, so a test that wants it sets it here.
     pub rate_limit_code: i64,
     pub batch_cap: usize,
     pub auth_error_code: i64,
@@ -56,7 +57,7 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(7200),
             reissue_invalidates_old: false,
             rate_limit_per_minute: 500,
-            rate_limit_code: 1015,
+            rate_limit_code: 1009,
             batch_cap: 100,
             auth_error_code: 403,
         }

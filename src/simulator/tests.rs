@@ -296,6 +296,11 @@ async fn reissue_can_be_made_to_revoke_the_old_token() {
 
 #[tokio::test]
 async fn the_rate_limit_answers_its_code_inside_http_200() {
+    assert_eq!(
+        SimConfig::default().rate_limit_code,
+        1009,
+        "接口调用超过频率限制 in Weiling's code table"
+    );
     let sim = Running::start(SimConfig::default()).await;
     sim.sim.set_rate_limit_per_minute(3);
     let token = sim.token().await;
@@ -303,7 +308,7 @@ async fn the_rate_limit_answers_its_code_inside_http_200() {
     for _ in 0..5 {
         codes.push(sim.batch(&token, &["x"]).await["code"].as_i64().unwrap());
     }
-    assert_eq!(codes, [0, 0, 0, 1015, 1015]);
+    assert_eq!(codes, [0, 0, 0, 1009, 1009]);
     let body = sim.batch(&token, &["x"]).await;
     assert_eq!(body["msg"], "调用频率超出限制,请稍后再试");
     sim.stop().await;
