@@ -28,8 +28,9 @@ use serde_json::{Value, json};
 use weiling_relay::app::Relay;
 use weiling_relay::config::Settings;
 use weiling_relay::demo::scenario::{TestApp, relay_env, wait_ready, zipf};
+use weiling_relay::simulator::events;
 use weiling_relay::simulator::{
-    CallbackDriver, Outcome, RetryPolicy, Simulator, events, new_customer_id,
+    CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id, revision,
 };
 use weiling_relay::verify::AppKeys;
 
@@ -698,13 +699,14 @@ impl Step {
                     (record, event)
                 } else {
                     let record = rig.sim.change_customer(&rig.app_id, customer);
-                    (record, events::update_customer(customer))
+                    let event = events::update_customer(customer);
+                    (record, event)
                 };
-                let update_time = record["update_time"].as_i64().unwrap_or_default();
+                let revision = revision(&record).expect("a simulator record has a revision");
                 (
                     Subject::Change {
                         customer: customer.clone(),
-                        update_time,
+                        revision,
                     },
                     event.to_json(&rig.app_id),
                 )
