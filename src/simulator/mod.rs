@@ -5,7 +5,8 @@
 //! as the "what a simulator should assume" table of `weiling-api.md` says, with faults switchable at run
 //! time. Its records carry only documented fields ([`records`], [`contacts`]), so the version of a record
 //! is read from one of them with [`revision`] / [`contact_revision`]. [`events`] builds decrypted
-//! callback events and [`driver::CallbackDriver`] delivers them sealed, retrying like Weiling's sender.
+//! callback events of every catalog type and [`driver::CallbackDriver`] delivers them sealed, retrying
+//! like Weiling's sender.
 //!
 //! Choices the spec leaves open: a method other than GET on the token endpoint (or other than POST on
 //! `customer/batch`) is answered HTTP 200 with code 1010; a missing `app_id`/`app_secret` gives 1001; a

@@ -244,7 +244,7 @@ async fn a_stalled_link_gets_503_at_the_budget_and_extra_callbacks_get_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_changes() {
     use std::collections::HashMap;
-    use weiling_relay::simulator::events;
+    use weiling_relay::simulator::events::{self, CustomerChange};
     use weiling_relay::simulator::{Outcome, revision};
 
     use crate::process::{ProcessRig, RelayProcess};
@@ -279,7 +279,7 @@ async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_chan
         let (record, event) = match rig.sim.customer(&rig.app_id, &id) {
             Some(_) => {
                 let record = rig.sim.change_customer(&rig.app_id, &id);
-                let event = events::add_customer(&record);
+                let event = events::customer_update(&record, CustomerChange::Remark);
                 (record, event)
             }
             None => {

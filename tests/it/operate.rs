@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use weiling_relay::demo::scenario::{Scenario, ScenarioConfig};
-use weiling_relay::simulator::events;
+use weiling_relay::simulator::events::{self, CustomerChange};
 use weiling_relay::simulator::{Outcome, revision};
 use weiling_relay::verify::AppKeys;
 use weiling_relay::verify::seal::seal_ciphertext;
@@ -169,10 +169,12 @@ async fn logs_carry_no_secret_token_or_customer_field() {
     rig.sim.expire_tokens();
     for i in 0..5 {
         let id = format!("cust-log-{i}");
-        rig.sim.change_customer(&rig.app_id, &id);
+        let record = rig.sim.change_customer(&rig.app_id, &id);
         assert_eq!(
             driver
-                .send(&events::update_customer(&id).to_json(&rig.app_id))
+                .send(
+                    &events::customer_update(&record, CustomerChange::Remark).to_json(&rig.app_id)
+                )
                 .await
                 .outcome,
             Outcome::Ok
@@ -314,7 +316,7 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
                 let (record, event) = match sim.customer(&app_id, &id) {
                     Some(_) => {
                         let record = sim.change_customer(&app_id, &id);
-                        let event = events::add_customer(&record);
+                        let event = events::customer_update(&record, CustomerChange::Remark);
                         (record, event)
                     }
                     None => {

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use weiling_relay::app::Relay;
 use weiling_relay::config::Settings;
 use weiling_relay::demo::scenario::{TestApp, relay_env, wait_ready, zipf};
-use weiling_relay::simulator::events;
+use weiling_relay::simulator::events::{self, CustomerChange};
 use weiling_relay::simulator::{
     CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id, revision,
 };
@@ -699,7 +699,7 @@ impl Step {
                     (record, event)
                 } else {
                     let record = rig.sim.change_customer(&rig.app_id, customer);
-                    let event = events::update_customer(customer);
+                    let event = events::customer_update(&record, CustomerChange::Remark);
                     (record, event)
                 };
                 let revision = revision(&record).expect("a simulator record has a revision");
@@ -713,7 +713,7 @@ impl Step {
             }
             Step::Ghost(id) => (
                 Subject::Ghost(id.clone()),
-                events::update_customer(id).to_json(&rig.app_id),
+                events::customer_update_for(id, CustomerChange::Remark).to_json(&rig.app_id),
             ),
         }
     }
