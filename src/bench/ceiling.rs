@@ -168,7 +168,7 @@ pub async fn serve(listen: &str) -> Result<(), BenchError> {
     let state = web::Data::new(Bare {
         publisher,
         exchange: settings.amqp.events_exchange.clone(),
-        routing_key: inbox::routing_key(&app_id, "update_customer"),
+        routing_key: inbox::routing_key(&app_id, "customer_update"),
         budget: Duration::from_millis(settings.server.answer_budget_ms),
         next_id: AtomicU64::new(0),
     });

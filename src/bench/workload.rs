@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::demo::scenario::zipf;
-use crate::simulator::{Simulator, events, new_customer_id};
+use crate::simulator::events::{self, CustomerChange};
+use crate::simulator::{Simulator, new_customer_id};
 use crate::verify::AppKeys;
 
 pub struct Workload {
@@ -50,9 +51,9 @@ impl Workload {
             .get(index)
             .map(String::as_str)
             .unwrap_or_default();
-        self.sim.change_customer(self.app.app_id(), id);
+        let record = self.sim.change_customer(self.app.app_id(), id);
         let event = match n % 3 {
-            0 => events::update_customer(id),
+            0 => events::customer_update(&record, CustomerChange::Remark),
             1 => events::history_add(id, 201),
             _ => events::progress_add_customer(id),
         };

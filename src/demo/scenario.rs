@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::app::{Relay, RelayError};
 use crate::config::{AmqpSettings, ConfigError, Settings};
-use crate::simulator::{self, CallbackDriver, Outcome, RetryPolicy, SimConfig, Simulator, events};
+use crate::simulator::events::{self, CustomerChange, GroupChatChange};
+use crate::simulator::{self, CallbackDriver, Outcome, RetryPolicy, SimConfig, Simulator};
 use crate::verify::AppKeys;
 
 #[derive(Debug, Clone)]
@@ -420,17 +421,19 @@ impl Step {
                     let record = sim.create_customer(app_id, customer);
                     events::add_customer(&record)
                 } else {
-                    sim.change_customer(app_id, customer);
+                    let record = sim.change_customer(app_id, customer);
                     match kind % 3 {
-                        0 => events::update_customer(customer),
+                        0 => events::customer_update(&record, CustomerChange::Remark),
                         1 => events::history_add(customer, 201),
                         _ => events::progress_add_customer(customer),
                     }
                 }
             }
-            Step::Unknown(id) => events::update_customer(id),
+            Step::Unknown(id) => events::customer_update_for(id, CustomerChange::Remark),
             Step::Unmapped(kind) => match kind % 3 {
-                0 => events::group_chat_update(&events::new_group_chat_id()),
+                0 => {
+                    events::group_chat_update(&events::new_group_chat_id(), GroupChatChange::Owner)
+                }
                 1 => events::user_update("staff-1"),
                 _ => events::progress_add_clue(&events::new_clue_id()),
             },

@@ -257,7 +257,7 @@ mod tests {
         let data = json!({
             "customer_id": "c1", "name": "张三", "customer_stage": "赢单", "lost_state": false,
             "external_userid": "wmABC",
-            "follow_users": [{"userid": "zhangsan", "add_time": 1}, {"userid": "lisi"}, {"remark": "no id"}],
+            "follow_users": [{"userid": "zhangsan", "create_time": 1}, {"userid": "lisi"}, {"remark": "no id"}],
         });
         let source = IdSource {
             events: 2,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use super::{CallbackDriver, Outcome, RetryPolicy, SimConfig, Simulator, events};
+use super::events::{self, CustomerChange};
+use super::{CallbackDriver, Outcome, RetryPolicy, SimConfig, Simulator};
 use crate::entity::Entity;
 use crate::verify::AppKeys;
 
@@ -97,15 +98,14 @@ pub async fn run(args: SimArgs) -> Result<(), SimError> {
             // Every fifth change is a contact's, when there are contacts.
             let event = match contacts.get(i / 5 % contacts.len().max(1)) {
                 Some(id) if i % 5 == 4 => {
-                    sim.change(Entity::Contact, &args.app_id, id);
-                    events::contact_update(id)
+                    events::contact_update(&sim.change(Entity::Contact, &args.app_id, id))
                 }
                 _ => {
                     let Some(id) = ids.get(i % ids.len().max(1)) else {
                         break;
                     };
-                    sim.change_customer(&args.app_id, id);
-                    events::update_customer(id)
+                    let record = sim.change_customer(&args.app_id, id);
+                    events::customer_update(&record, CustomerChange::Remark)
                 }
             };
             if driver.send(&event.to_json(&args.app_id)).await.outcome == Outcome::Ok {

@@ -318,7 +318,11 @@ mod tests {
         .await;
         let app = keys();
         let driver = CallbackDriver::new(&base, app.clone(), fast_policy());
-        let event = crate::simulator::events::update_customer("c1").to_json(app.app_id());
+        let event = crate::simulator::events::customer_update_for(
+            "c1",
+            crate::simulator::events::CustomerChange::Remark,
+        )
+        .to_json(app.app_id());
         let delivery = driver.send(&event).await;
 
         assert_eq!(delivery.outcome, Outcome::Ok);

@@ -3,8 +3,10 @@
 //! [`Simulator`] serves the OpenAPI endpoints the relay calls (token, `customer/batch` and
 //! `contact/batch`), behaving
 //! as the "what a simulator should assume" table of `weiling-api.md` says, with faults switchable at run
-//! time. [`events`] builds decrypted callback events and [`driver::CallbackDriver`] delivers them sealed,
-//! retrying like Weiling's sender.
+//! time. Its records carry only documented fields ([`records`], [`contacts`]), so the version of a record
+//! is read from one of them with [`revision`] / [`contact_revision`]. [`events`] builds decrypted
+//! callback events of every catalog type and [`driver::CallbackDriver`] delivers them sealed, retrying
+//! like Weiling's sender.
 //!
 //! Choices the spec leaves open: a method other than GET on the token endpoint (or other than POST on
 //! `customer/batch`) is answered HTTP 200 with code 1010; a missing `app_id`/`app_secret` gives 1001; a
@@ -29,10 +31,10 @@ use actix_web::{App, HttpServer, web};
 use serde_json::Value;
 
 pub use api::{BATCH_PATH, CONTACT_BATCH_PATH, NO_ENVELOPE, TOKEN_PATH};
-pub use contacts::new_contact_id;
+pub use contacts::{new_contact_id, revision as contact_revision};
 pub use driver::{CallbackDriver, Delivery, Outcome, RetryPolicy};
 pub use events::{HeaderStyle, SimEvent, event_json, event_json_with};
-pub use records::{RECORD_FIELDS, new_customer_id};
+pub use records::{FOLLOW_USER_FIELDS, RECORD_FIELDS, new_customer_id, revision};
 
 use state::{Person, Shared};
 
@@ -45,7 +47,8 @@ pub struct SimConfig {
     pub reissue_invalidates_old: bool,
     /// Per app and endpoint, over a sliding 60 s window.
     pub rate_limit_per_minute: u32,
-    /// 1015 by default; 1009 is the other candidate in Weiling's conflicting code tables.
+    /// 1009, 接口调用超过频率限制 in Weiling's 全局异常码 table (weiling-events.md §4); 1015 is only
+    /// in third-party code, so a test that wants it sets it here.
     pub rate_limit_code: i64,
     pub batch_cap: usize,
     pub auth_error_code: i64,
@@ -57,7 +60,7 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(7200),
             reissue_invalidates_old: false,
             rate_limit_per_minute: 500,
-            rate_limit_code: 1015,
+            rate_limit_code: 1009,
             batch_cap: 100,
             auth_error_code: 403,
         }
@@ -119,7 +122,8 @@ impl Simulator {
         self.create(Entity::Customer, app_id, customer_id)
     }
 
-    /// Edits the customer (creating it first if unknown) and returns the new record.
+    /// Edits the customer (creating it first if unknown) and returns the new record, whose [`revision`]
+    /// is one more than before.
     pub fn change_customer(&self, app_id: &str, customer_id: &str) -> Value {
         self.change(Entity::Customer, app_id, customer_id)
     }
@@ -147,7 +151,7 @@ impl Simulator {
         match entity {
             Entity::Customer => records::change(&mut person.record, person.revision, now_ms()),
             Entity::Contact => {
-                contacts::change_contact(&mut person.record, person.revision, now_ms());
+                contacts::change_contact(&mut person.record, now_ms());
             }
         }
         person.record.clone()

@@ -296,6 +296,11 @@ async fn reissue_can_be_made_to_revoke_the_old_token() {
 
 #[tokio::test]
 async fn the_rate_limit_answers_its_code_inside_http_200() {
+    assert_eq!(
+        SimConfig::default().rate_limit_code,
+        1009,
+        "接口调用超过频率限制 in Weiling's code table"
+    );
     let sim = Running::start(SimConfig::default()).await;
     sim.sim.set_rate_limit_per_minute(3);
     let token = sim.token().await;
@@ -303,7 +308,7 @@ async fn the_rate_limit_answers_its_code_inside_http_200() {
     for _ in 0..5 {
         codes.push(sim.batch(&token, &["x"]).await["code"].as_i64().unwrap());
     }
-    assert_eq!(codes, [0, 0, 0, 1015, 1015]);
+    assert_eq!(codes, [0, 0, 0, 1009, 1009]);
     let body = sim.batch(&token, &["x"]).await;
     assert_eq!(body["msg"], "调用频率超出限制,请稍后再试");
     sim.stop().await;
@@ -356,7 +361,7 @@ async fn http_faults_switch_on_and_off() {
 }
 
 #[tokio::test]
-async fn change_customer_edits_content_and_bumps_update_time() {
+async fn change_customer_edits_content_and_raises_the_revision() {
     let sim = Simulator::new(SimConfig::default());
     let first = sim.create_customer(APP, "c1");
     assert_eq!(
@@ -364,13 +369,17 @@ async fn change_customer_edits_content_and_bumps_update_time() {
         first,
         "create is idempotent"
     );
+    assert_eq!(revision(&first), Some(0));
     let mut previous = first.clone();
-    for _ in 0..5 {
+    for n in 1..=5 {
         let next = sim.change_customer(APP, "c1");
         assert_ne!(next, previous);
-        assert!(next["update_time"].as_i64() > previous["update_time"].as_i64());
+        assert_eq!(revision(&next), Some(n));
         assert_eq!(next["customer_id"], "c1");
-        assert_eq!(next["create_time"], first["create_time"]);
+        assert_eq!(
+            next["follow_users"][0]["create_time"],
+            first["follow_users"][0]["create_time"]
+        );
         previous = next;
     }
     assert_eq!(sim.customer(APP, "c1"), Some(previous));
@@ -382,42 +391,32 @@ async fn change_customer_edits_content_and_bumps_update_time() {
         .map(|c| c["customer_id"].clone())
         .collect();
     assert_eq!(ids, [json!("c1"), json!("c2")]);
+
+    let contact = sim.create(Entity::Contact, APP, "k1");
+    let changed = sim.change(Entity::Contact, APP, "k1");
+    assert!(contact_revision(&changed) > contact_revision(&contact));
 }
 
-#[test]
-fn records_have_exactly_the_19_documented_keys() {
-    let sim = Simulator::new(SimConfig::default());
-    let record = sim.create_customer(APP, &new_customer_id());
-    let mut keys: Vec<&str> = record
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    let mut expected = vec![
-        "add_way",
-        "avatar",
-        "corp_name",
-        "create_time",
-        "customer_id",
-        "customer_stage",
-        "description",
-        "external_userid",
-        "follow_users",
-        "gender",
-        "lost_state",
-        "name",
-        "position",
-        "remark",
-        "remark_mobiles",
-        "tag_list",
-        "type",
-        "unionid",
-        "update_time",
-    ];
-    expected.sort_unstable();
-    assert_eq!(keys, expected);
-    let changed = sim.change_customer(APP, "fresh");
-    assert_eq!(changed.as_object().unwrap().len(), 19);
+#[tokio::test]
+async fn records_reach_the_wire_with_exactly_the_documented_keys() {
+    let sim = Running::start(SimConfig::default()).await;
+    sim.sim.create_customer(APP, "c1");
+    sim.sim.change_customer(APP, "c1");
+    let token = sim.token().await;
+    let body = sim.batch(&token, &["c1"]).await;
+    let record = &body["data"]["customer_list"][0];
+    let sorted = |keys: &[&'static str]| {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys
+    };
+    let keys =
+        |value: &Value| -> Vec<String> { value.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(record), sorted(&RECORD_FIELDS));
+    assert_eq!(
+        keys(&record["follow_users"][0]),
+        sorted(&FOLLOW_USER_FIELDS)
+    );
+    assert_eq!(revision(record), Some(1));
+    sim.stop().await;
 }

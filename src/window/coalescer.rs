@@ -245,7 +245,7 @@ mod tests {
         c.insert("a", C, "c1", event(1, "add_customer", 30), t0);
         c.insert("a", C, "c1", event(2, "history_add", 10), t0);
         c.insert("a", C, "c1", event(2, "history_add", 20), t0);
-        c.insert("a", C, "c2", event(3, "update_customer", 40), t0);
+        c.insert("a", C, "c2", event(3, "customer_update", 40), t0);
         assert_eq!(c.open_ids(), 2);
         let flush = c.drain_all().pop().expect("one window");
         let c1 = &flush.ids["c1"];

@@ -244,7 +244,8 @@ async fn a_stalled_link_gets_503_at_the_budget_and_extra_callbacks_get_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_changes() {
     use std::collections::HashMap;
-    use weiling_relay::simulator::{Outcome, events};
+    use weiling_relay::simulator::events::{self, CustomerChange};
+    use weiling_relay::simulator::{Outcome, revision};
 
     use crate::process::{ProcessRig, RelayProcess};
 
@@ -275,15 +276,21 @@ async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_chan
             &patient
         };
         let id = format!("cust-restart-{}", i % 30);
-        let record = match rig.sim.customer(&rig.app_id, &id) {
-            Some(_) => rig.sim.change_customer(&rig.app_id, &id),
-            None => rig.sim.create_customer(&rig.app_id, &id),
+        let (record, event) = match rig.sim.customer(&rig.app_id, &id) {
+            Some(_) => {
+                let record = rig.sim.change_customer(&rig.app_id, &id);
+                let event = events::customer_update(&record, CustomerChange::Remark);
+                (record, event)
+            }
+            None => {
+                let record = rig.sim.create_customer(&rig.app_id, &id);
+                let event = events::add_customer(&record);
+                (record, event)
+            }
         };
-        let delivery = driver
-            .send(&events::add_customer(&record).to_json(&rig.app_id))
-            .await;
+        let delivery = driver.send(&event.to_json(&rig.app_id)).await;
         if delivery.outcome == Outcome::Ok {
-            let at = record["update_time"].as_u64().unwrap();
+            let at = revision(&record).unwrap();
             let known = acknowledged.entry(id).or_default();
             *known = (*known).max(at);
             true
@@ -321,7 +328,7 @@ async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_chan
         .await_records(
             acknowledged.keys().cloned(),
             Duration::from_secs(40),
-            |id, record| record["update_time"].as_u64() >= acknowledged.get(id).copied(),
+            |id, record| revision(record) >= acknowledged.get(id).copied(),
         )
         .await;
     eprintln!(

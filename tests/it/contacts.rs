@@ -59,12 +59,12 @@ async fn contact_events_are_enriched_with_contact_batch_and_published_as_contact
     }
     for round in 0..2 {
         for id in known.iter().skip(round).step_by(3) {
-            rig.sim.change(Entity::Contact, app, id);
-            callbacks.push(events::contact_update(id).to_json(app));
+            let record = rig.sim.change(Entity::Contact, app, id);
+            callbacks.push(events::contact_update(&record).to_json(app));
         }
     }
     for id in &unknown {
-        callbacks.push(events::contact_update(id).to_json(app));
+        callbacks.push(events::contact_update_for(id).to_json(app));
     }
     let customer = rig.sim.create_customer(app, &shared_id);
     callbacks.push(events::add_customer(&customer).to_json(app));

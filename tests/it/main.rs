@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod broker_faults;
+mod catalog;
 mod contacts;
 mod demo;
 mod fault;

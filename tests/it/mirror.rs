@@ -321,16 +321,19 @@ impl Running {
     }
 }
 
+/// Some of the seed's fields, the ones the mirror's typed columns read among them; the revision is in
+/// the first follow user's remark, where the simulator keeps it.
 fn customer_record(id: &str, revision: u64, stage: &str) -> Value {
     json!({
         "customer_id": id,
         "external_userid": format!("wm{id}"),
         "name": format!("客户{revision}"),
-        "remark": format!("第{revision}次跟进"),
         "customer_stage": stage,
         "lost_state": revision % 2 == 1,
-        "follow_users": [{"userid": "zhangsan", "add_time": 1}, {"userid": format!("staff{revision}")}],
-        "update_time": 1_745_818_700_000u64 + revision,
+        "follow_users": [
+            {"userid": "zhangsan", "create_time": 1_745_818_700_000u64, "remark": format!("客户{revision} #{revision}")},
+            {"userid": format!("staff{revision}"), "create_time": 1_745_818_700_000u64 + revision * 1000, "remark": ""},
+        ],
     })
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use weiling_relay::demo::scenario::{Scenario, ScenarioConfig};
-use weiling_relay::simulator::{Outcome, events};
+use weiling_relay::simulator::events::{self, CustomerChange};
+use weiling_relay::simulator::{Outcome, revision};
 use weiling_relay::verify::AppKeys;
 use weiling_relay::verify::seal::seal_ciphertext;
 
@@ -168,10 +169,12 @@ async fn logs_carry_no_secret_token_or_customer_field() {
     rig.sim.expire_tokens();
     for i in 0..5 {
         let id = format!("cust-log-{i}");
-        rig.sim.change_customer(&rig.app_id, &id);
+        let record = rig.sim.change_customer(&rig.app_id, &id);
         assert_eq!(
             driver
-                .send(&events::update_customer(&id).to_json(&rig.app_id))
+                .send(
+                    &events::customer_update(&record, CustomerChange::Remark).to_json(&rig.app_id)
+                )
                 .await
                 .outcome,
             Outcome::Ok
@@ -303,24 +306,30 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
         let stop = stop.clone();
         let sent = sent.clone();
         senders.push(tokio::spawn(async move {
-            // Per customer, the update_time of its last acknowledged change.
+            // Per customer, the revision of its last acknowledged change.
             let mut acknowledged: HashMap<String, u64> = HashMap::new();
             let mut refused_503 = 0;
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let id = format!("cust-term-{worker}-{}", i % 40);
                 i += 1;
-                let record = match sim.customer(&app_id, &id) {
-                    Some(_) => sim.change_customer(&app_id, &id),
-                    None => sim.create_customer(&app_id, &id),
+                let (record, event) = match sim.customer(&app_id, &id) {
+                    Some(_) => {
+                        let record = sim.change_customer(&app_id, &id);
+                        let event = events::customer_update(&record, CustomerChange::Remark);
+                        (record, event)
+                    }
+                    None => {
+                        let record = sim.create_customer(&app_id, &id);
+                        let event = events::add_customer(&record);
+                        (record, event)
+                    }
                 };
-                let delivery = driver
-                    .send(&events::add_customer(&record).to_json(&app_id))
-                    .await;
+                let delivery = driver.send(&event.to_json(&app_id)).await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 match delivery.outcome {
                     Outcome::Ok => {
-                        let at = record["update_time"].as_u64().unwrap();
+                        let at = revision(&record).unwrap();
                         let known = acknowledged.entry(id).or_default();
                         *known = (*known).max(at);
                     }
@@ -375,7 +384,7 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
         .await_records(
             acknowledged.keys().cloned(),
             Duration::from_secs(30),
-            |id, record| record["update_time"].as_u64() >= acknowledged.get(id).copied(),
+            |id, record| revision(record) >= acknowledged.get(id).copied(),
         )
         .await;
     eprintln!(

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use weiling_relay::simulator::{CallbackDriver, Outcome, RetryPolicy, events};
+use weiling_relay::simulator::events::{self, CustomerChange};
+use weiling_relay::simulator::{CallbackDriver, Outcome, RetryPolicy};
 
 use crate::helpers::{SHARED_BROKER, depth};
 use crate::process::{ProcessRig, RelayProcess, free_port};
@@ -76,8 +77,8 @@ async fn two_relays_on_four_quorum_partitions_lose_nothing_when_one_is_killed() 
             let (driver_a, driver_b, a_dead, a, kill_at, done) =
                 (&driver_a, &driver_b, &a_dead, &a, &kill_at, &done);
             async move {
-                sim.change_customer(app, &id);
-                let json = events::update_customer(&id).to_json(app);
+                let record = sim.change_customer(app, &id);
+                let json = events::customer_update(&record, CustomerChange::Remark).to_json(app);
                 let to_a = n % 2 == 0 && !a_dead.load(Ordering::SeqCst);
                 let first = if to_a {
                     driver_a.send(&json).await.outcome

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use weiling_relay::simulator::{BatchCall, NO_ENVELOPE};
+use weiling_relay::simulator::{BatchCall, NO_ENVELOPE, SimConfig};
 
 use super::edge_rows::{Probe, http, post, seal_at, unmapped};
 use crate::fault::{Dead, FaultOutcome, FaultRig, Load, RigOptions, run_row};
@@ -97,7 +97,7 @@ async fn row_28_weiling_rate_limit() {
     let callbacks = load.callbacks;
     run_row(
         28,
-        "Weiling rate limit (HTTP 429, code 1015)",
+        "Weiling rate limit (HTTP 429, code 1009)",
         RigOptions::on(SHARED_BROKER),
         load,
         move |rig, _round| async move {
@@ -122,36 +122,40 @@ async fn row_28_weiling_rate_limit() {
             // Judge the calls once the load is over, so the call after the last refusal happened.
             rig.progress_at_least(callbacks).await;
             let calls = calls(&rig);
-            let after = |code: fn(&BatchCall) -> bool| -> Vec<Duration> {
+            let rate_code = SimConfig::default().rate_limit_code;
+            let after = |code: &dyn Fn(&BatchCall) -> bool| -> Vec<Duration> {
                 calls
                     .windows(2)
                     .filter(|w| code(&w[0]))
                     .map(|w| gap(w[0].at, w[1].at))
                     .collect()
             };
-            let after_429 = after(|c| c.http_status == 429);
-            let after_1015 = after(|c| c.http_status == 200 && c.code == 1015);
+            let after_429 = after(&|c| c.http_status == 429);
+            let after_code = after(&|c| c.http_status == 200 && c.code == rate_code);
             assert!(!after_429.is_empty(), "no call was answered 429");
-            assert!(!after_1015.is_empty(), "no call was answered code 1015");
+            assert!(
+                !after_code.is_empty(),
+                "no call was answered code {rate_code}"
+            );
             let min_429 = after_429.iter().min().unwrap();
             assert!(
                 *min_429 >= Duration::from_secs(2),
                 "a call came {min_429:?} after a 429 with Retry-After: 2"
             );
-            let min_1015 = after_1015.iter().min().unwrap();
+            let min_code = after_code.iter().min().unwrap();
             assert!(
-                *min_1015 >= Duration::from_millis(100),
-                "a call came {min_1015:?} after a 1015 (no backoff)"
+                *min_code >= Duration::from_millis(100),
+                "a call came {min_code:?} after a {rate_code} (no backoff)"
             );
             assert!(calls.len() <= 500, "more than 500 calls in under a minute");
             FaultOutcome {
                 restored_at: Some(restored_at),
                 note: format!(
-                    "HTTP 429 + Retry-After: 2 for 3 s, then code 1015 in HTTP 200 for 3 s; {} answers 429, next call ≥ {} ms later; {} answers 1015, next call ≥ {} ms later; {} batch calls in all",
+                    "HTTP 429 + Retry-After: 2 for 3 s, then code {rate_code} in HTTP 200 for 3 s; {} answers 429, next call ≥ {} ms later; {} answers {rate_code}, next call ≥ {} ms later; {} batch calls in all",
                     after_429.len(),
                     min_429.as_millis(),
-                    after_1015.len(),
-                    min_1015.as_millis(),
+                    after_code.len(),
+                    min_code.as_millis(),
                     calls.len()
                 ),
                 ..FaultOutcome::default()

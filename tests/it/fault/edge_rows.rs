@@ -14,7 +14,8 @@ use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weiling_relay::simulator::{events, new_customer_id};
+use weiling_relay::simulator::events::{self, CustomerChange};
+use weiling_relay::simulator::new_customer_id;
 use weiling_relay::verify::AppKeys;
 use weiling_relay::verify::seal::{SealedCallback, seal_ciphertext, seal_echostr, seal_event};
 
@@ -152,9 +153,9 @@ pub(super) fn poison_id(tag: &str) -> String {
     format!("poison-{tag}-{}", new_customer_id())
 }
 
-/// A well-formed `update_customer` about a poison id.
+/// A well-formed `customer_update` about a poison id.
 pub(super) fn poison(rig: &FaultRig, tag: &str) -> Vec<u8> {
-    events::update_customer(&poison_id(tag)).to_json(&rig.app_id)
+    events::customer_update_for(&poison_id(tag), CustomerChange::Remark).to_json(&rig.app_id)
 }
 
 /// A well-formed event of a type the relay stores but does not enrich (it names a poison id, so if
@@ -955,7 +956,8 @@ async fn row_13_malformed_json_after_decrypt() {
         "json",
         |rig, n| {
             let id = poison_id("json");
-            let whole = events::update_customer(&id).to_json(&rig.app_id);
+            let whole =
+                events::customer_update_for(&id, CustomerChange::Remark).to_json(&rig.app_id);
             let (case, plain): (&'static str, Vec<u8>) = match n % 6 {
                 0 => ("truncated", whole[..whole.len() - 3].to_vec()),
                 1 => (
@@ -972,7 +974,7 @@ async fn row_13_malformed_json_after_decrypt() {
                 ),
                 3 => (
                     "an array",
-                    json!([{"event_type": "update_customer", "customer_id": id}])
+                    json!([{"event_type": "customer_update", "customer_id": id}])
                         .to_string()
                         .into_bytes(),
                 ),

@@ -1,22 +1,22 @@
 //! The ledger of reliability.md (b): every callback sent and its answer, every record read back, and
 //! the verdict (lost, unexpected, duplicates, recovered).
 //!
-//! A callback about a change carries the customer's `update_time` after the change (strictly
-//! increasing per customer in the simulator), so "this acknowledged change reached the output" is
-//! exact: some record of that customer has an `update_time` at least as large. A callback about an id
-//! Weiling does not know is covered by a `missing` record of that id.
+//! A callback about a change carries the customer's revision after the change (`simulator::revision`,
+//! which counts the simulator's changes of that customer), so "this acknowledged change reached the
+//! output" is exact: some record of that customer has a revision at least as large. A callback about
+//! an id Weiling does not know is covered by a `missing` record of that id.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde_json::Value;
-use weiling_relay::simulator::Outcome;
+use weiling_relay::simulator::{Outcome, revision};
 
 /// What one callback was about.
 #[derive(Debug, Clone)]
 pub enum Subject {
-    /// The customer and its `update_time` after the change the callback announces.
-    Change { customer: String, update_time: i64 },
+    /// The customer and its revision after the change the callback announces.
+    Change { customer: String, revision: u64 },
     /// An id the simulator does not know: it must come out as `missing`.
     Ghost(String),
 }
@@ -44,8 +44,8 @@ pub struct Entry {
 /// What the checking consumer has read from the records exchange.
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// Per id: the largest `record.update_time` read, or `None` when only `missing` was read.
-    pub latest: HashMap<String, Option<i64>>,
+    /// Per id: the largest revision of a record read, or `None` when only `missing` was read.
+    pub latest: HashMap<String, Option<u64>>,
     pub missing: HashSet<String>,
     pub message_ids: HashMap<String, usize>,
     pub records: usize,
@@ -65,22 +65,19 @@ impl Seen {
             self.latest.entry(id.to_owned()).or_insert(None);
             return;
         }
-        let update_time = body["record"]["update_time"].as_i64();
+        let read = revision(&body["record"]);
         let slot = self.latest.entry(id.to_owned()).or_insert(None);
-        if update_time > *slot {
-            *slot = update_time;
+        if read > *slot {
+            *slot = read;
         }
     }
 
     pub fn covers(&self, subject: &Subject) -> bool {
         match subject {
-            Subject::Change {
-                customer,
-                update_time,
-            } => self
+            Subject::Change { customer, revision } => self
                 .latest
                 .get(customer)
-                .is_some_and(|seen| seen.is_some_and(|t| t >= *update_time)),
+                .is_some_and(|seen| seen.is_some_and(|r| r >= *revision)),
             Subject::Ghost(id) => self.missing.contains(id),
         }
     }
@@ -169,9 +166,9 @@ mod tests {
 
     #[test]
     fn the_verdict_counts_lost_unexpected_duplicates_and_recovered() {
-        let change = |c: &str, t| Subject::Change {
+        let change = |c: &str, r| Subject::Change {
             customer: c.into(),
-            update_time: t,
+            revision: r,
         };
         let entries = vec![
             entry(change("a", 10), Outcome::Ok),
@@ -182,7 +179,7 @@ mod tests {
             entry(Subject::Ghost("g".into()), Outcome::Ok),
         ];
         let mut seen = Seen::default();
-        let upsert = |c: &str, t: i64| json!({"op": "upsert", "customer_id": c, "record": {"update_time": t}});
+        let upsert = |c: &str, r: u64| json!({"op": "upsert", "customer_id": c, "record": {"follow_users": [{"remark": format!("{c} #{r}")}]}});
         seen.add(Some("m1".into()), &upsert("a", 20));
         seen.add(Some("m1".into()), &upsert("a", 20));
         seen.add(Some("m2".into()), &upsert("b", 4));

@@ -28,8 +28,9 @@ use serde_json::{Value, json};
 use weiling_relay::app::Relay;
 use weiling_relay::config::Settings;
 use weiling_relay::demo::scenario::{TestApp, relay_env, wait_ready, zipf};
+use weiling_relay::simulator::events::{self, CustomerChange};
 use weiling_relay::simulator::{
-    CallbackDriver, Outcome, RetryPolicy, Simulator, events, new_customer_id,
+    CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id, revision,
 };
 use weiling_relay::verify::AppKeys;
 
@@ -698,20 +699,21 @@ impl Step {
                     (record, event)
                 } else {
                     let record = rig.sim.change_customer(&rig.app_id, customer);
-                    (record, events::update_customer(customer))
+                    let event = events::customer_update(&record, CustomerChange::Remark);
+                    (record, event)
                 };
-                let update_time = record["update_time"].as_i64().unwrap_or_default();
+                let revision = revision(&record).expect("a simulator record has a revision");
                 (
                     Subject::Change {
                         customer: customer.clone(),
-                        update_time,
+                        revision,
                     },
                     event.to_json(&rig.app_id),
                 )
             }
             Step::Ghost(id) => (
                 Subject::Ghost(id.clone()),
-                events::update_customer(id).to_json(&rig.app_id),
+                events::customer_update_for(id, CustomerChange::Remark).to_json(&rig.app_id),
             ),
         }
     }

@@ -19,7 +19,7 @@ const FAULTS: [&str; 9] = [
     "memory alarm for 10 s",
     "disk alarm for 10 s",
     "Weiling 5xx for 20 s",
-    "Weiling rate limit (code 1015) for 20 s",
+    "Weiling rate limit (code 1009) for 20 s",
     "Weiling slow (2 s latency) for 20 s",
 ];
 
