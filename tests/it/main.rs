@@ -6,6 +6,7 @@
 
 mod broker_faults;
 mod catalog;
+mod catalog_events;
 mod contacts;
 mod demo;
 mod fault;
