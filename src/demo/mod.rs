@@ -290,6 +290,13 @@ fn print_summary(
             "sender retries (answers other than success)",
             r.sender_retries.to_string(),
         ),
+        (
+            "catalog events sent / enriched / raw only",
+            format!(
+                "{} ({} types) / {} / {}",
+                r.catalog_sent, r.catalog_types, r.catalog_enriched, r.catalog_raw_only
+            ),
+        ),
         ("Weiling batch calls made", r.batch_calls.to_string()),
         (
             "batch calls per callback",

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::app::{Relay, RelayError};
 use crate::config::{AmqpSettings, ConfigError, Settings};
-use crate::simulator::events::{self, CustomerChange, GroupChatChange};
+use crate::extract::{Extracted, Mapping};
+use crate::simulator::events::{self, CatalogIds, CustomerChange, SimEvent, TagObject};
 use crate::simulator::{self, CallbackDriver, Outcome, RetryPolicy, SimConfig, Simulator};
 use crate::verify::AppKeys;
 
@@ -32,7 +33,7 @@ pub struct ScenarioConfig {
     pub customers: usize,
     /// Callbacks about ids Weiling does not know: each must come out as a `missing` record.
     pub unknown_ids: usize,
-    /// Callbacks of event types that name no customer.
+    /// Callbacks of catalog event types that name no customer or contact (26 cover them all).
     pub unmapped: usize,
     pub concurrency: usize,
     /// Every this many callbacks, the simulator invalidates every access token.
@@ -52,7 +53,7 @@ impl Default for ScenarioConfig {
             callbacks: 1000,
             customers: 300,
             unknown_ids: 10,
-            unmapped: 20,
+            unmapped: 30,
             concurrency: 16,
             expire_tokens_every: None,
             rate_limit_at: None,
@@ -100,6 +101,12 @@ pub struct Report {
     /// Unknown ids whose callbacks were not acknowledged: a `missing` record for them may or may not
     /// exist.
     pub unknown_ids_unacknowledged: Vec<String>,
+    /// Callbacks of a catalog event type, how many types they covered, and how many of them the
+    /// relay's mapping sends to enrichment or keeps on the raw stream only.
+    pub catalog_sent: usize,
+    pub catalog_types: usize,
+    pub catalog_enriched: usize,
+    pub catalog_raw_only: usize,
     pub batch_calls: usize,
     pub max_ids_per_call: usize,
     pub ids_requested: usize,
@@ -227,7 +234,7 @@ impl Scenario {
         self.sim.set_fault_5xx_ratio(config.fault_5xx_ratio);
 
         let plan = plan(config);
-        let outcomes: Vec<(Step, simulator::Delivery)> =
+        let outcomes: Vec<(Step, SimEvent, simulator::Delivery)> =
             futures::stream::iter(plan.into_iter().enumerate())
                 .map(|(i, step)| {
                     let driver = driver.clone();
@@ -249,8 +256,8 @@ impl Scenario {
                             });
                         }
                         let event = step.event(&sim, &app_id);
-                        let delivery = driver.send(&event).await;
-                        (step, delivery)
+                        let delivery = driver.send(&event.to_json(&app_id)).await;
+                        (step, event, delivery)
                     }
                 })
                 .buffer_unordered(config.concurrency.max(1))
@@ -263,7 +270,18 @@ impl Scenario {
         };
         let mut changed: HashSet<String> = HashSet::new();
         let mut ghosts: HashSet<String> = HashSet::new();
-        for (step, delivery) in &outcomes {
+        let mapping = Mapping::new(&self.settings.events);
+        let mut catalog_types: HashSet<&str> = HashSet::new();
+        for (step, event, delivery) in &outcomes {
+            if events::CATALOG_EVENT_TYPES.contains(&event.event_type.as_str()) {
+                report.catalog_sent += 1;
+                catalog_types.insert(event.event_type.as_str());
+                let message = serde_json::json!({ "event": event.event });
+                match mapping.extract(&event.event_type, &message) {
+                    Extracted::Ids(..) => report.catalog_enriched += 1,
+                    Extracted::Unmapped | Extracted::NoIds => report.catalog_raw_only += 1,
+                }
+            }
             report.sender_retries += delivery.attempts.saturating_sub(1) as usize;
             if delivery.outcome == Outcome::Ok {
                 report.acknowledged += 1;
@@ -286,6 +304,7 @@ impl Scenario {
                 }
             }
         }
+        report.catalog_types = catalog_types.len();
         report.customers_changed = changed.len();
         report.unknown_ids_sent = ghosts.len();
         report.unknown_ids = ghosts.iter().cloned().collect();
@@ -404,41 +423,46 @@ impl Scenario {
 #[derive(Debug, Clone)]
 enum Step {
     /// The simulator changes this customer, then sends an event about it.
-    Change {
-        customer: String,
-        kind: u8,
-    },
+    Change { customer: String, kind: u8 },
     /// An id Weiling does not know.
     Unknown(String),
-    Unmapped(u8),
+    /// The n-th of the catalog's events that name no customer or contact (cycling).
+    Unmapped(usize),
 }
 
 impl Step {
-    fn event(&self, sim: &Simulator, app_id: &str) -> Vec<u8> {
-        let event = match self {
+    fn event(&self, sim: &Simulator, app_id: &str) -> SimEvent {
+        match self {
             Step::Change { customer, kind } => {
                 if sim.customer(app_id, customer).is_none() {
                     let record = sim.create_customer(app_id, customer);
                     events::add_customer(&record)
                 } else {
+                    // Every catalog event that names a customer, each change type included.
                     let record = sim.change_customer(app_id, customer);
-                    match kind % 3 {
+                    match kind % 6 {
                         0 => events::customer_update(&record, CustomerChange::Remark),
-                        1 => events::history_add(customer, 201),
-                        _ => events::progress_add_customer(customer),
+                        1 => events::customer_update(&record, CustomerChange::Company),
+                        2 => events::customer_update(&record, CustomerChange::Loss),
+                        3 => events::history_add(customer, 201),
+                        4 => events::progress_add_customer(customer),
+                        _ => events::tag_update(customer, TagObject::Customer),
                     }
                 }
             }
             Step::Unknown(id) => events::customer_update_for(id, CustomerChange::Remark),
-            Step::Unmapped(kind) => match kind % 3 {
-                0 => {
-                    events::group_chat_update(&events::new_group_chat_id(), GroupChatChange::Owner)
-                }
-                1 => events::user_update("staff-1"),
-                _ => events::progress_add_clue(&events::new_clue_id()),
-            },
-        };
-        event.to_json(app_id)
+            // The catalog's events that name no customer or contact, in turn.
+            Step::Unmapped(kind) => {
+                let ids =
+                    CatalogIds::new(&simulator::new_customer_id(), &simulator::new_contact_id());
+                let samples = events::samples_naming_neither(&ids);
+                let at = *kind % samples.len().max(1);
+                samples
+                    .into_iter()
+                    .nth(at)
+                    .unwrap_or_else(|| events::user_update("staff-1"))
+            }
+        }
     }
 }
 
@@ -463,9 +487,10 @@ fn plan(config: &ScenarioConfig) -> Vec<Step> {
             Step::Unknown(format!("ghost-{i}-{}", simulator::new_customer_id())),
         );
     }
-    for _ in 0..config.unmapped {
+    // In turn, so that 26 or more cover every catalog event that names no customer or contact.
+    for i in 0..config.unmapped {
         let at = rng.random_range(0..=steps.len());
-        steps.insert(at, Step::Unmapped(rng.random()));
+        steps.insert(at, Step::Unmapped(i));
     }
     steps
 }

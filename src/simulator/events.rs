@@ -896,6 +896,42 @@ pub fn catalog_samples(ids: &CatalogIds) -> Vec<SimEvent> {
     samples
 }
 
+/// Every catalog event that names no customer (企微好友) and no contact (联系人), plus the
+/// discriminator values of the customer and contact events that name something else (a clue, a
+/// company, an opportunity, a visitor): what a receiver keeps on its raw event stream only.
+pub fn samples_naming_neither(ids: &CatalogIds) -> Vec<SimEvent> {
+    let company = ids.company_id.as_str();
+    let visitor = base64url_id(&mut rand::rng(), 32);
+    vec![
+        user_insert(&ids.userid),
+        user_update(&ids.userid),
+        clue_history(&ids.clue_id, 401),
+        clue_add(&ids.clue_id),
+        clue_update(&ids.clue_id, None, ClueChange::Owner),
+        progress_add(0, &ids.clue_id),
+        progress_add(3, company),
+        progress_add(7, &ids.business_id),
+        company_update(company),
+        add_company_user(company),
+        opportunity_add(&ids.business_id, company),
+        opportunity_update(&ids.business_id, company),
+        material_add(&ids.material_id),
+        material_browse_add(&ids.material_id),
+        group_chat_add(&ids.group_chat_id),
+        group_chat_update(&ids.group_chat_id, GroupChatChange::Company),
+        group_chat_update(&ids.group_chat_id, GroupChatChange::Owner),
+        group_chat_dismiss(&ids.group_chat_id),
+        tag_update(&ids.clue_id, TagObject::Clue),
+        tag_update(company, TagObject::Company),
+        tag_update_v2(company, TagObjectV2::Company),
+        add_moment(&ids.userid),
+        dept_add(ids.dept_id),
+        company_delete(company),
+        company_owner_change(company, &ids.userid),
+        company_add(company, &[(&visitor, 4)]),
+    ]
+}
+
 /// A fresh clue id, for [`progress_add_clue`].
 pub fn new_clue_id() -> String {
     base64url_id(&mut rand::rng(), 43)
