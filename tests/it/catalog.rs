@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use weiling_relay::entity::Entity;
 use weiling_relay::simulator::events::{CATALOG_EVENT_TYPES, CatalogIds, catalog_samples};
-use weiling_relay::simulator::{Outcome, new_contact_id, new_customer_id};
+use weiling_relay::simulator::{new_contact_id, new_customer_id};
 
 use crate::process::{ProcessRig, RelayProcess};
 
@@ -24,17 +24,7 @@ async fn every_catalog_event_is_acknowledged_and_only_the_mapped_ids_are_fetched
     let samples = catalog_samples(&CatalogIds::new(&customer, &contact));
     let types: HashSet<&str> = samples.iter().map(|s| s.event_type.as_str()).collect();
     assert_eq!(types.len(), CATALOG_EVENT_TYPES.len());
-    let driver = rig.driver();
-    for sample in &samples {
-        let delivery = driver.send(&sample.to_json(app)).await;
-        assert_eq!(
-            delivery.outcome,
-            Outcome::Ok,
-            "{} {}",
-            sample.event_type,
-            sample.event
-        );
-    }
+    rig.send_all(&samples).await;
 
     let (stale, _) = rig
         .await_latest(&HashSet::from([customer.clone()]), Duration::from_secs(20))

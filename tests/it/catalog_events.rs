@@ -5,73 +5,27 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicGetOptions;
 use serde_json::Value;
 use weiling_relay::entity::Entity;
 use weiling_relay::simulator::events::{
     self, CatalogIds, CustomerChange, SimEvent, TagObject, TagObjectV2,
 };
-use weiling_relay::simulator::{Outcome, new_contact_id, new_customer_id};
+use weiling_relay::simulator::{new_contact_id, new_customer_id};
 
 use crate::process::{ProcessRig, RelayProcess};
-
-/// A queue of the test's own bound to `exchange` with `key`, deleted by [`unbind`].
-async fn own_queue(rig: &ProcessRig, suffix: &str, exchange: &str, key: &str) -> String {
-    let queue = format!("{}.{suffix}", rig.check);
-    rig.channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    rig.channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    queue
-}
-
-async fn unbind(rig: &ProcessRig, queue: &str) {
-    let _ = rig
-        .channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await;
-}
-
-async fn send(rig: &ProcessRig, samples: &[SimEvent]) {
-    let driver = rig.driver();
-    for sample in samples {
-        let delivery = driver.send(&sample.to_json(&rig.app_id)).await;
-        assert_eq!(
-            delivery.outcome,
-            Outcome::Ok,
-            "{} {}",
-            sample.event_type,
-            sample.event
-        );
-    }
-}
 
 /// Changes one customer or contact in Weiling, sends the events `about` builds for it, and waits for
 /// its latest state on the records exchange. Only that id is ever fetched.
 async fn enriched(name: &str, entity: Entity, about: impl Fn(&str, &Value) -> Vec<SimEvent>) {
     let rig = ProcessRig::start(name).await;
-    let records = own_queue(
-        &rig,
-        "records",
-        &rig.settings.amqp.customers_exchange,
-        &format!("{}.#", entity.as_str()),
-    )
-    .await;
+    let records = rig
+        .own_queue(
+            "records",
+            &rig.settings.amqp.customers_exchange,
+            &format!("{}.#", entity.as_str()),
+        )
+        .await;
     let relay = RelayProcess::start(&rig.env);
     weiling_relay::demo::scenario::wait_ready(&rig.base).await;
     let app = rig.app_id.as_str();
@@ -83,7 +37,7 @@ async fn enriched(name: &str, entity: Entity, about: impl Fn(&str, &Value) -> Ve
     let record = rig.sim.change(entity, app, &id);
     let samples = about(&id, &record);
     assert!(!samples.is_empty());
-    send(&rig, &samples).await;
+    rig.send_all(&samples).await;
 
     let latest = rig.sim.record(entity, app, &id).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -118,7 +72,6 @@ async fn enriched(name: &str, entity: Entity, about: impl Fn(&str, &Value) -> Ve
         );
     }
     drop(relay);
-    unbind(&rig, &records).await;
     rig.cleanup().await;
 }
 
@@ -234,13 +187,13 @@ async fn contact_update_publishes_the_contact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_other_catalog_event_is_on_the_raw_stream_acked_and_nothing_is_enriched() {
     let rig = ProcessRig::start("ev-raw-only").await;
-    let raw = own_queue(
-        &rig,
-        "raw",
-        &rig.settings.amqp.events_exchange,
-        &format!("event.{}.#", rig.app_id),
-    )
-    .await;
+    let raw = rig
+        .own_queue(
+            "raw",
+            &rig.settings.amqp.events_exchange,
+            &format!("event.{}.#", rig.app_id),
+        )
+        .await;
     let mut relay = RelayProcess::start(&rig.env);
     weiling_relay::demo::scenario::wait_ready(&rig.base).await;
     let ids = CatalogIds::new(&new_customer_id(), &new_contact_id());
@@ -255,7 +208,7 @@ async fn every_other_catalog_event_is_on_the_raw_stream_acked_and_nothing_is_enr
         Some(&ids.customer_id),
         events::ClueChange::Status,
     ));
-    send(&rig, &samples).await;
+    rig.send_all(&samples).await;
 
     // Each event, by its exact body, on the raw stream under its own routing key.
     let mut expected: HashMap<Value, String> = samples
@@ -303,6 +256,5 @@ async fn every_other_catalog_event_is_on_the_raw_stream_acked_and_nothing_is_enr
             .map(|c| &c.ids)
             .collect::<Vec<_>>()
     );
-    unbind(&rig, &raw).await;
     rig.cleanup().await;
 }

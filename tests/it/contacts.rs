@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
 use serde_json::Value;
 use weiling_relay::entity::Entity;
 use weiling_relay::simulator::{Outcome, events, new_contact_id};
@@ -24,25 +24,13 @@ struct ContactRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contact_events_are_enriched_with_contact_batch_and_published_as_contact_records() {
     let rig = ProcessRig::start("contacts").await;
-    let contacts_queue = format!("{}.contacts", rig.check);
-    rig.channel
-        .queue_declare(
-            contacts_queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
+    let contacts_queue = rig
+        .own_queue(
+            "contacts",
+            &rig.settings.amqp.customers_exchange,
+            "contact.#",
         )
-        .await
-        .unwrap();
-    rig.channel
-        .queue_bind(
-            contacts_queue.as_str().into(),
-            rig.settings.amqp.customers_exchange.as_str().into(),
-            "contact.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        .await;
     let relay = RelayProcess::start(&rig.env);
     weiling_relay::demo::scenario::wait_ready(&rig.base).await;
 
@@ -194,12 +182,5 @@ async fn contact_events_are_enriched_with_contact_batch_and_published_as_contact
     );
 
     drop(relay);
-    let _ = rig
-        .channel
-        .queue_delete(
-            contacts_queue.as_str().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await;
     rig.cleanup().await;
 }

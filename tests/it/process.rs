@@ -116,6 +116,8 @@ pub struct ProcessRig {
     latest: std::sync::Mutex<HashMap<String, (u64, serde_json::Value)>>,
     /// How often each record `message_id` was read: more than once is a duplicate delivery.
     message_ids: std::sync::Mutex<HashMap<String, usize>>,
+    /// Queues a test declared with [`Self::own_queue`], deleted at cleanup.
+    own_queues: std::sync::Mutex<Vec<String>>,
 }
 
 impl ProcessRig {
@@ -209,6 +211,7 @@ impl ProcessRig {
             check,
             latest: Default::default(),
             message_ids: Default::default(),
+            own_queues: Default::default(),
         }
     }
 
@@ -316,6 +319,49 @@ impl ProcessRig {
         (stale, received)
     }
 
+    /// A queue of the test's own (`<check>.<suffix>`, removed by [`Self::cleanup`]) bound to
+    /// `exchange` with `key`.
+    pub async fn own_queue(&self, suffix: &str, exchange: &str, key: &str) -> String {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let queue = format!("{}.{suffix}", self.check);
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.own_queues.lock().unwrap().push(queue.clone());
+        queue
+    }
+
+    /// Sends every event one after the other; each must be acknowledged.
+    pub async fn send_all(&self, samples: &[weiling_relay::simulator::SimEvent]) {
+        let driver = self.driver();
+        for sample in samples {
+            let delivery = driver.send(&sample.to_json(&self.app_id)).await;
+            assert_eq!(
+                delivery.outcome,
+                weiling_relay::simulator::Outcome::Ok,
+                "{} {}",
+                sample.event_type,
+                sample.event
+            );
+        }
+    }
+
     /// Records read more than once (same `message_id`), counting each extra copy.
     pub fn duplicate_records(&self) -> usize {
         self.message_ids
@@ -328,6 +374,13 @@ impl ProcessRig {
 
     pub async fn cleanup(self) {
         self.sim_server.stop(false).await;
+        let own = std::mem::take(&mut *self.own_queues.lock().unwrap());
+        for queue in own {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
         weiling_relay::demo::scenario::cleanup(&self.channel, &self.settings.amqp, &self.check)
             .await;
         let _ = self.connection.close(200, "test done".into()).await;
