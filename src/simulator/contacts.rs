@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::records::{
-    CORPS, POSITIONS, STAFF, STAGES, TAGS, base64url_id, mobile, person_name, pick,
+    CORPS, POSITIONS, STAFF, STAGES, TAGS, base64url_id, mobile, person_name, pick, record_progress,
 };
 
 /// The keys of a `contact_list[]` entry, in the order weiling-events.md lists 19.2's fields (on the
@@ -171,17 +171,7 @@ pub fn change_contact(record: &mut Value, now_ms: i64) {
         .unwrap_or(0);
     let followed = now_ms.max(previous + 1);
     fields.insert("last_follow_time".into(), json!(followed));
-    fields.insert(
-        "latest_progress_id".into(),
-        json!(base64url_id(&mut rng, 32)),
-    );
-    if fields
-        .get("first_progress_time")
-        .and_then(Value::as_i64)
-        .is_none_or(|t| t == 0)
-    {
-        fields.insert("first_progress_time".into(), json!(followed));
-    }
+    record_progress(fields, &mut rng, followed);
     if rng.random_bool(0.5) {
         fields.insert("customer_stage".into(), json!(pick(&mut rng, &STAGES, "")));
     }

@@ -377,17 +377,7 @@ pub fn change(record: &mut Value, revision: u64, now_ms: i64) {
         );
     }
     if rng.random_bool(0.3) {
-        fields.insert(
-            "latest_progress_id".into(),
-            json!(base64url_id(&mut rng, 32)),
-        );
-        if fields
-            .get("first_progress_time")
-            .and_then(Value::as_i64)
-            .is_none_or(|t| t == 0)
-        {
-            fields.insert("first_progress_time".into(), json!(now_ms / 1000 * 1000));
-        }
+        record_progress(fields, &mut rng, now_ms / 1000 * 1000);
     }
     if rng.random_bool(0.05) {
         let lost = !fields
@@ -413,6 +403,23 @@ fn follow_user_mut(
         .as_array_mut()?
         .get_mut(index)?
         .as_object_mut()
+}
+
+/// A follow-up was written at `at_ms`: a new `latest_progress_id`, and `first_progress_time` if
+/// this is the first one. Customers and contacts carry both fields.
+pub(super) fn record_progress(
+    fields: &mut serde_json::Map<String, Value>,
+    rng: &mut impl Rng,
+    at_ms: i64,
+) {
+    fields.insert("latest_progress_id".into(), json!(base64url_id(rng, 32)));
+    if fields
+        .get("first_progress_time")
+        .and_then(Value::as_i64)
+        .is_none_or(|t| t == 0)
+    {
+        fields.insert("first_progress_time".into(), json!(at_ms));
+    }
 }
 
 pub(super) fn pick<'a>(rng: &mut impl Rng, from: &[&'a str], fallback: &'a str) -> &'a str {
