@@ -101,7 +101,7 @@ async fn receive(
         span.record("event_type", event.event_type());
     }
     let remaining = || state.answer_budget.saturating_sub(started.elapsed());
-    let ticket = match state.replay.admit(query.replay_key(verified.app_id())) {
+    let ticket = match state.replay.admit(verified.replay_key()) {
         Admission::AlreadyStored => return Ok("replay"),
         Admission::InFlight(copy) => {
             return if copy.stored_within(remaining()).await {

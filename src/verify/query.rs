@@ -61,15 +61,6 @@ impl CallbackQuery {
         }
         out.finish()
     }
-
-    /// The key of the replay cache: a second request with the same signature, timestamp and nonce is
-    /// the same callback.
-    pub fn replay_key(&self, app_id: &str) -> String {
-        format!(
-            "{app_id}\n{}\n{}\n{}",
-            self.timestamp, self.nonce, self.msg_signature
-        )
-    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
+
+use super::ReplayKey;
 
 type Digest = [u8; 32];
 
@@ -86,8 +87,8 @@ impl ReplayCache {
     }
 
     /// Atomically claims `key`: concurrent identical requests get exactly one `First`.
-    pub fn admit(&self, key: String) -> Admission {
-        let key: Digest = Sha256::digest(key.as_bytes()).into();
+    pub fn admit(&self, key: &ReplayKey) -> Admission {
+        let key: Digest = *key.as_bytes();
         let entry = self
             .seen
             .entry(key)
@@ -115,6 +116,10 @@ impl ReplayCache {
 mod tests {
     use super::*;
 
+    fn key(name: &str) -> ReplayKey {
+        ReplayKey::new("wloa1", name.as_bytes())
+    }
+
     fn cache() -> ReplayCache {
         ReplayCache::new(Duration::from_secs(600), 1000)
     }
@@ -122,41 +127,41 @@ mod tests {
     #[test]
     fn a_stored_key_is_answered_without_a_second_store() {
         let cache = cache();
-        let Admission::First(first) = cache.admit("k".into()) else {
+        let Admission::First(first) = cache.admit(&key("k")) else {
             panic!("first sighting expected")
         };
         first.stored();
-        assert!(matches!(cache.admit("k".into()), Admission::AlreadyStored));
-        assert!(matches!(cache.admit("other".into()), Admission::First(_)));
+        assert!(matches!(cache.admit(&key("k")), Admission::AlreadyStored));
+        assert!(matches!(cache.admit(&key("other")), Admission::First(_)));
     }
 
     #[test]
     fn a_failed_store_frees_the_key_for_a_retry() {
         let cache = cache();
-        let Admission::First(first) = cache.admit("k".into()) else {
+        let Admission::First(first) = cache.admit(&key("k")) else {
             panic!("first sighting expected")
         };
         drop(first);
-        assert!(matches!(cache.admit("k".into()), Admission::First(_)));
+        assert!(matches!(cache.admit(&key("k")), Admission::First(_)));
     }
 
     #[tokio::test]
     async fn copies_in_flight_follow_the_first_outcome() {
         let cache = cache();
-        let Admission::First(first) = cache.admit("k".into()) else {
+        let Admission::First(first) = cache.admit(&key("k")) else {
             panic!("first sighting expected")
         };
-        let Admission::InFlight(copy) = cache.admit("k".into()) else {
+        let Admission::InFlight(copy) = cache.admit(&key("k")) else {
             panic!("in-flight copy expected")
         };
         let waiter = tokio::spawn(copy.stored_within(Duration::from_secs(5)));
         first.stored();
         assert!(waiter.await.unwrap());
 
-        let Admission::First(first) = cache.admit("j".into()) else {
+        let Admission::First(first) = cache.admit(&key("j")) else {
             panic!("first sighting expected")
         };
-        let Admission::InFlight(copy) = cache.admit("j".into()) else {
+        let Admission::InFlight(copy) = cache.admit(&key("j")) else {
             panic!("in-flight copy expected")
         };
         let waiter = tokio::spawn(copy.stored_within(Duration::from_secs(5)));

@@ -103,6 +103,56 @@ async fn an_exact_replay_is_answered_success_and_stored_once() {
 }
 
 #[tokio::test]
+async fn the_replay_cache_cannot_be_bypassed_by_rewriting_the_query() {
+    let app = spawn_app().await;
+    let callback = app.callback("cust-case");
+    assert_eq!(app.post(&callback).await.status, 200);
+
+    // The signature in upper case, or one letter changed in case, still verifies: the same callback.
+    let mut upper = callback.clone();
+    upper.query.msg_signature = callback.query.msg_signature.to_uppercase();
+    let mut one_letter = callback.clone();
+    if let Some(i) = one_letter
+        .query
+        .msg_signature
+        .find(|c: char| c.is_ascii_lowercase())
+    {
+        let mut chars: Vec<char> = one_letter.query.msg_signature.chars().collect();
+        chars[i] = chars[i].to_ascii_uppercase();
+        one_letter.query.msg_signature = chars.into_iter().collect();
+    }
+    // The same ciphertext signed again with another nonce and timestamp (what moving digits between
+    // a numeric nonce and the timestamp amounts to): the same callback as well.
+    let envelope: serde_json::Value = serde_json::from_slice(&callback.body).unwrap();
+    let resigned = seal_ciphertext(
+        &app.keys,
+        envelope["to_app"].as_str().unwrap(),
+        envelope["encrypt_msg"].as_str().unwrap(),
+        &(now_s() - 1).to_string(),
+        "4711",
+    );
+    for (name, copy) in [
+        ("upper case", &upper),
+        ("one letter", &one_letter),
+        ("re-signed", &resigned),
+    ] {
+        let answer = app.post(copy).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, "success"),
+            "{name}"
+        );
+    }
+    let stored = app.take_all(app.inbox()).await;
+    assert_eq!(
+        stored.len(),
+        1,
+        "stored once: the key is the app and the ciphertext"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn a_sender_retry_with_a_new_nonce_is_stored_again_with_the_same_message_id() {
     let app = spawn_app().await;
     let event = app.event("cust-retry");
