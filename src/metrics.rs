@@ -22,7 +22,6 @@ pub const WEILING_REQUEST: &str = "relay_weiling_request_seconds";
 pub const TOKEN_REFRESHES: &str = "relay_weiling_token_refresh_total";
 pub const CIRCUIT_STATE: &str = "relay_circuit_state";
 pub const RECORDS_PUBLISHED: &str = "relay_records_published_total";
-pub const RECORDS_UNCHANGED: &str = "relay_records_unchanged_total";
 pub const PUBLISH_CONFIRM: &str = "relay_publish_confirm_seconds";
 pub const PUBLISH_FAILURES: &str = "relay_publish_failures_total";
 pub const COALESCING_RATIO: &str = "relay_coalescing_ratio";
@@ -114,11 +113,6 @@ const DEFS: &[Def] = &[
         name: RECORDS_PUBLISHED,
         kind: Kind::Counter,
         help: "Customer records confirmed by the broker, by op (upsert, missing).",
-    },
-    Def {
-        name: RECORDS_UNCHANGED,
-        kind: Kind::Counter,
-        help: "Fetched records identical to the last one published for that customer, not sent again.",
     },
     Def {
         name: PUBLISH_CONFIRM,
@@ -258,10 +252,6 @@ pub fn record_confirmed(op: &'static str, confirm: Duration, since_first_event: 
     let records = RECORDS_CONFIRMED.fetch_add(1, Ordering::Relaxed) + 1;
     let events = EVENTS_WINDOWED.load(Ordering::Relaxed);
     gauge!(COALESCING_RATIO).set(events as f64 / records as f64);
-}
-
-pub fn record_unchanged() {
-    counter!(RECORDS_UNCHANGED).increment(1);
 }
 
 pub fn publish_failed(reason: &'static str) {

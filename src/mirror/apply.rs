@@ -62,8 +62,10 @@ impl Outcome {
 /// `applied_at` that marks a content change; shared by both tables.
 const NEWER: &str = "excluded.fetched_at > t.fetched_at \
      OR (excluded.fetched_at = t.fetched_at AND excluded.message_id > t.message_id)";
-const APPLIED_AT: &str =
-    "CASE WHEN t.message_id = excluded.message_id THEN t.applied_at ELSE now() END";
+/// `applied_at` moves only when the content does: a later publication of the same state (a new
+/// `message_id`, a newer `fetched_at`) advances `fetched_at` alone.
+const APPLIED_AT: &str = "CASE WHEN t.record IS NOT DISTINCT FROM excluded.record \
+     AND t.deleted = excluded.deleted THEN t.applied_at ELSE now() END";
 
 fn upsert_sql(table: &str, id: &str, columns: &[&str]) -> String {
     let all: Vec<&str> = ["app_id", id, "record"]

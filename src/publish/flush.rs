@@ -31,8 +31,6 @@ pub struct FlushOutcome {
     pub permanent: bool,
     pub records: usize,
     pub missing: usize,
-    /// Fetched states identical to the last one published for that customer: not sent again.
-    pub unchanged: usize,
     pub batch_calls: usize,
 }
 
@@ -108,14 +106,9 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
                 Some(record) => (Op::Upsert, Some(*record)),
                 None => (Op::Missing, None),
             };
-            let key = (flush.entity, flush.app_id.clone(), id.clone());
-            let message_id = record::message_id(flush.entity, &flush.app_id, id, op, record);
-            if sink.last_published.get(&key).as_ref() == Some(&message_id) {
-                crate::metrics::record_unchanged();
-                outcome.unchanged += 1;
-                outcome.confirmed.push(source.deliveries.clone());
-                continue;
-            }
+            // Every fetched state is published, even one equal to the last this process sent:
+            // other replicas, a failover, `reconcile` or `dlq replay` may have published another
+            // state since, and only this one is known to be Weiling's now.
             let message = record::message(
                 &sink.exchange,
                 &Record {
@@ -142,7 +135,6 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
                         started.elapsed(),
                         since_first_event,
                     );
-                    sink.last_published.insert(key, message_id);
                 }
                 (source.deliveries.clone(), op, confirmed)
             });

@@ -1,4 +1,4 @@
-//! The record message of contract.md: schema v1, content-hash `message_id`, properties, headers,
+//! The record message of contract.md: schema v1, a `message_id` per publication, a content-hash header,
 //! optional HMAC-SHA256 `x-signature`, routing key `<entity>.<app_id>.upsert|missing`. Customers and
 //! contacts share the shape; only the schema name, the id field and the routing key's first word differ.
 
@@ -79,11 +79,11 @@ pub fn routing_key(entity: Entity, app_id: &str, op: Op) -> String {
     format!("{}.{app_id}.{}", entity.as_str(), op.as_str())
 }
 
-/// Identical states get identical ids, so consumers can deduplicate redeliveries. The record is
-/// hashed as Weiling's bytes for it, which are the same for the same state. A contact's hash starts with
+/// The `x-content-sha256` header: identical states have identical hashes, so a consumer can skip a
+/// state equal to the one it holds now. The record is hashed as Weiling's bytes for it. A contact's hash starts with
 /// `contact` so a contact and a customer with the same id never share one; a customer's hash is
 /// exactly contract.md's (app_id, customer_id, op, record).
-pub fn message_id(
+pub fn content_hash(
     entity: Entity,
     app_id: &str,
     id: &str,
@@ -108,13 +108,23 @@ pub fn message_id(
     )
 }
 
+/// The header carrying [`content_hash`].
+pub const CONTENT_HASH_HEADER: &str = "x-content-sha256";
+
+/// A fresh `message_id` for one publication: the message keeps it through publish retries and
+/// broker redeliveries, but a new fetch of the same customer gets a new one, so a consumer that
+/// drops ids it has seen never drops a real change (A → B → A included). Content equality is the
+/// job of [`content_hash`].
+fn publication_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 pub fn message(exchange: &str, r: &Record<'_>, sign_key: Option<&SecretString>) -> Outgoing {
     build(exchange, r, sign_key, false)
 }
 
 /// A record re-fetched by `reconcile` rather than named by events: the same message, with
-/// `"reconcile": true` in its `source`. The `message_id` stays the content hash, so a reconciled
-/// state equal to one already delivered deduplicates against it.
+/// `"reconcile": true` in its `source`.
 pub fn reconcile_message(
     exchange: &str,
     r: &Record<'_>,
@@ -156,6 +166,10 @@ fn build(
         AMQPValue::LongString(r.id.into()),
     );
     headers.insert("fetched_at".into(), AMQPValue::LongLongInt(fetched_at));
+    headers.insert(
+        CONTENT_HASH_HEADER.into(),
+        AMQPValue::LongString(content_hash(r.entity, r.app_id, r.id, r.op, r.record).into()),
+    );
     if let Some(signature) = sign_key.and_then(|key| sign(key, &body)) {
         headers.insert(
             "x-signature".into(),
@@ -165,11 +179,7 @@ fn build(
     let properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())
-        .with_message_id(
-            message_id(r.entity, r.app_id, r.id, r.op, r.record)
-                .as_str()
-                .into(),
-        )
+        .with_message_id(publication_id().as_str().into())
         .with_timestamp(r.fetched_at_ms / 1000)
         .with_type(
             format!("{}.{}", r.entity.as_str(), r.op.as_str())
@@ -201,6 +211,13 @@ fn sign(key: &SecretString, body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    fn header(out: &Outgoing, name: &str) -> String {
+        match out.properties.headers().as_ref().unwrap().inner().get(name) {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
 
     fn raw(v: Value) -> Box<RawValue> {
         serde_json::value::to_raw_value(&v).unwrap()
@@ -250,7 +267,8 @@ mod tests {
             p.kind().as_ref().map(|s| s.as_str()),
             Some("customer.upsert")
         );
-        assert_eq!(p.message_id().as_ref().map(|s| s.as_str().len()), Some(64));
+        assert_eq!(p.message_id().as_ref().map(|s| s.as_str().len()), Some(32));
+        assert_eq!(header(&out, CONTENT_HASH_HEADER).len(), 64);
         assert!(
             p.headers()
                 .as_ref()
@@ -262,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reconciled_record_says_so_and_keeps_the_content_hash_id() {
+    fn a_reconciled_record_says_so_and_carries_the_content_hash() {
         let record = raw(json!({"customer_id": "c1"}));
         let src = IdSource {
             events: 0,
@@ -285,33 +303,40 @@ mod tests {
             body["source"],
             json!({"events": 0, "event_types": ["reconcile"], "first_event_at": 7, "reconcile": true})
         );
-        assert_eq!(
+        let again = message("ex", &r, None);
+        assert_ne!(
             out.properties.message_id(),
-            message("ex", &r, None).properties.message_id()
+            again.properties.message_id(),
+            "each publication has its own message_id"
+        );
+        assert_eq!(
+            header(&out, CONTENT_HASH_HEADER),
+            header(&again, CONTENT_HASH_HEADER),
+            "the same state has the same content hash"
         );
         assert_eq!(out.routing_key, "customer.wloa1.upsert");
     }
 
     #[test]
-    fn identical_states_share_a_message_id_and_different_ones_do_not() {
+    fn identical_states_share_a_content_hash_and_different_ones_do_not() {
         let a = raw(json!({"b": 1, "a": 2}));
         let b = raw(json!({"b": 1, "a": 2}));
         assert_eq!(
-            message_id(C, "x", "c", Op::Upsert, Some(&*a)),
-            message_id(C, "x", "c", Op::Upsert, Some(&*b))
+            content_hash(C, "x", "c", Op::Upsert, Some(&*a)),
+            content_hash(C, "x", "c", Op::Upsert, Some(&*b))
         );
         let c = raw(json!({"b": 1, "a": 3}));
         assert_ne!(
-            message_id(C, "x", "c", Op::Upsert, Some(&*a)),
-            message_id(C, "x", "c", Op::Upsert, Some(&*c))
+            content_hash(C, "x", "c", Op::Upsert, Some(&*a)),
+            content_hash(C, "x", "c", Op::Upsert, Some(&*c))
         );
         assert_ne!(
-            message_id(C, "x", "c", Op::Upsert, Some(&*a)),
-            message_id(C, "x", "c", Op::Missing, None)
+            content_hash(C, "x", "c", Op::Upsert, Some(&*a)),
+            content_hash(C, "x", "c", Op::Missing, None)
         );
         assert_ne!(
-            message_id(C, "x", "c", Op::Upsert, Some(&*a)),
-            message_id(C, "x", "d", Op::Upsert, Some(&*a))
+            content_hash(C, "x", "c", Op::Upsert, Some(&*a)),
+            content_hash(C, "x", "d", Op::Upsert, Some(&*a))
         );
     }
 
@@ -343,8 +368,8 @@ mod tests {
         let headers = p.headers().as_ref().unwrap().inner();
         assert!(headers.get("contact_id").is_some() && headers.get("customer_id").is_none());
         assert_ne!(
-            message_id(Entity::Contact, "wloa1", "k1", Op::Upsert, Some(&*record)),
-            message_id(C, "wloa1", "k1", Op::Upsert, Some(&*record)),
+            content_hash(Entity::Contact, "wloa1", "k1", Op::Upsert, Some(&*record)),
+            content_hash(C, "wloa1", "k1", Op::Upsert, Some(&*record)),
             "a contact and a customer with one id never share a message id"
         );
     }

@@ -410,8 +410,9 @@ async fn a_redelivered_message_changes_nothing() {
     // Not even rewritten: the row version (xmin) is the same.
     assert_eq!(before, after);
 
-    // The same content fetched again later is still a duplicate, but its fetched_at counts: an older,
-    // different state arriving afterwards must not win over it.
+    // The same content fetched again later is a new publication (its own message_id): applied, so its
+    // fetched_at counts and an older, different state arriving afterwards does not win over it; the
+    // content did not change, so applied_at stays.
     rig.publish(&[rig.customer("c1", Op::Upsert, Some(&state), 3_000)])
         .await;
     mirror.settled(3).await;
@@ -423,7 +424,8 @@ async fn a_redelivered_message_changes_nothing() {
     )])
     .await;
     let counts = mirror.settled(4).await;
-    assert_eq!(counts.get(Entity::Customer, Outcome::Duplicate), 2);
+    assert_eq!(counts.get(Entity::Customer, Outcome::Duplicate), 1);
+    assert_eq!(counts.get(Entity::Customer, Outcome::Applied), 2);
     assert_eq!(counts.get(Entity::Customer, Outcome::Stale), 1);
     let last = rig.customer_row("c1").await.unwrap();
     assert_eq!(last.record.as_ref(), Some(&state));

@@ -691,3 +691,92 @@ async fn during_a_rotation_old_and_new_keys_are_accepted_and_a_third_is_not() {
     assert_eq!(app.depth(app.dead()).await, 0);
     app.teardown().await;
 }
+
+/// One record message as a consumer sees it.
+struct Published {
+    message_id: String,
+    content_hash: String,
+    fetched_at: u64,
+    record: Value,
+}
+
+/// Waits for the next record on the checking queue.
+async fn next_record(rig: &ProcessRig) -> Published {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(message) = rig
+            .channel
+            .basic_get(rig.check.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+            return Published {
+                message_id: message
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .unwrap()
+                    .to_string(),
+                content_hash: crate::helpers::header_str(&message, "x-content-sha256"),
+                fetched_at: body["fetched_at"].as_u64().unwrap(),
+                record: body["record"].clone(),
+            };
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no record arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_reverted_after_a_reconcile_is_published_again_under_a_new_message_id() {
+    let rig = ProcessRig::start("reverted").await;
+    let relay = RelayProcess::start(&rig.env);
+    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    let app = rig.app_id.clone();
+    let id = weiling_relay::simulator::new_customer_id();
+
+    // S1 published by the relay.
+    let s1 = rig.sim.create_customer(&app, &id);
+    rig.send_all(&[events::add_customer(&s1)]).await;
+    let first = next_record(&rig).await;
+    assert_eq!(first.record, s1);
+
+    // Weiling changes to S2, and a reconcile publishes it.
+    let s2 = rig.sim.change_customer(&app, &id);
+    let plan = Plan::new(&app, vec![id.clone()]);
+    let summary = reconcile::reconcile(
+        &rig.settings,
+        plan,
+        &mut |_| {},
+        &CancellationToken::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.published, 1);
+    let second = next_record(&rig).await;
+    assert_eq!(second.record, s2);
+
+    // Weiling goes back to S1 and an event arrives: S1 must be published again, or every mirror
+    // stays at S2.
+    rig.sim
+        .set_raw_record(Entity::Customer, &app, &id, &s1.to_string());
+    rig.send_all(&[events::customer_update(&s1, events::CustomerChange::Remark)])
+        .await;
+    let third = next_record(&rig).await;
+    assert_eq!(third.record, s1, "the reverted state is published");
+    assert!(third.fetched_at > second.fetched_at);
+    assert_ne!(
+        third.message_id, first.message_id,
+        "a new fetch is a new publication: a consumer dropping seen ids keeps it"
+    );
+    assert_eq!(
+        third.content_hash, first.content_hash,
+        "the same state has the same content hash"
+    );
+    assert_ne!(second.content_hash, first.content_hash);
+    drop(relay);
+    rig.cleanup().await;
+}
