@@ -17,7 +17,7 @@ use crate::extract::Mapping;
 use crate::extract::consumer::{self, Pipeline};
 use crate::persist::Persister;
 use crate::publish::RecordSink;
-use crate::receive::{self, ReceiveState};
+use crate::receive::{self, ReceiveState, RefusalLog, SUMMARY_INTERVAL, Severity};
 use crate::verify::cipher::KeyError;
 use crate::verify::replay::ReplayCache;
 use crate::verify::{Apps, Verifier};
@@ -98,6 +98,25 @@ impl Relay {
             answer_budget: Duration::from_millis(settings.server.answer_budget_ms),
             retry_after_s: settings.server.retry_after_s,
             draining: draining.clone(),
+            refused: RefusalLog::new(Severity::Refused, SUMMARY_INTERVAL),
+            not_stored: RefusalLog::new(Severity::NotStored, SUMMARY_INTERVAL),
+        });
+        // Writes the refusal summaries on a tick, so a burst's tail is logged without waiting for
+        // the next refusal; the last ones go out when the drain starts.
+        let summaries = state.clone();
+        let stop_summaries = draining.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SUMMARY_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop_summaries.cancelled() => break,
+                }
+                summaries.refused.flush();
+                summaries.not_stored.flush();
+            }
+            summaries.refused.flush();
+            summaries.not_stored.flush();
         });
         let drain_deadline = Duration::from_millis(settings.server.drain_deadline_ms);
         let drain_grace = Duration::from_millis(settings.server.drain_grace_ms);

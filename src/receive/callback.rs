@@ -50,22 +50,23 @@ pub async fn post(
         started.elapsed(),
         result.is_ok(),
     );
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match &result {
-        Ok(_) => debug!(outcome, elapsed_ms, "callback answered"),
+        Ok(_) => debug!(
+            outcome,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "callback answered"
+        ),
+        // Refusals are counted exactly in the metrics and logged as periodic summaries: one line
+        // per request would let a flood of forged callbacks flood the log.
         Err(CallbackError::Rejected(rejection)) => {
-            info!(
-                outcome,
-                reason = rejection.reason(),
-                elapsed_ms,
-                "callback refused"
-            )
+            state.refused.record(outcome, rejection.reason());
         }
+        Err(CallbackError::UnsupportedMedia) => state.refused.record(outcome, "-"),
         // Expected during a drain; logging each one would flood the log exactly when it is read.
         Err(error @ CallbackError::Draining { .. }) => {
-            debug!(outcome, error = %error, elapsed_ms, "callback not stored")
+            debug!(outcome, error = %error, "callback not stored")
         }
-        Err(error) => warn!(outcome, error = %error, elapsed_ms, "callback not stored"),
+        Err(_) => state.not_stored.record(outcome, "-"),
     }
     result.map(|_| answer::success())
 }
@@ -204,10 +205,9 @@ pub async fn get(
                 .body(plain))
         }
         Err(rejection) => {
-            info!(
-                reason = rejection.reason(),
-                "callback URL verification refused"
-            );
+            state
+                .refused
+                .record("url_verification_refused", rejection.reason());
             Err(rejection.into())
         }
     }

@@ -3,6 +3,7 @@
 pub mod answer;
 pub mod callback;
 pub mod health;
+pub mod refusals;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+pub use refusals::{RefusalLog, SUMMARY_INTERVAL, Severity};
 
 use crate::persist::Persister;
 use crate::verify::Verifier;
@@ -26,6 +29,10 @@ pub struct ReceiveState {
     pub retry_after_s: u64,
     /// Cancelled when the drain starts: readiness goes false and new callbacks get 503.
     pub draining: CancellationToken,
+    /// Summaries of refused callbacks (bad input: 400, 401, 415).
+    pub refused: RefusalLog,
+    /// Summaries of callbacks the relay could not store (429, 503).
+    pub not_stored: RefusalLog,
 }
 
 /// Registers the routes on an actix `App`.

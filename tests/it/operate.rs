@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use secrecy::SecretString;
 use weiling_relay::demo::scenario::{Scenario, ScenarioConfig};
 use weiling_relay::simulator::events::{self, CustomerChange};
 use weiling_relay::simulator::{Outcome, revision};
 use weiling_relay::verify::AppKeys;
-use weiling_relay::verify::seal::seal_ciphertext;
+use weiling_relay::verify::seal::{seal_ciphertext, seal_event};
 
 use crate::helpers::{AES_KEY, OTHER_AES_KEY, SHARED_BROKER, TOKEN, now_s, unique};
 use crate::process::{ProcessRig, RelayProcess};
@@ -233,8 +234,8 @@ async fn logs_carry_no_secret_token_or_customer_field() {
         "the dead letter was logged"
     );
     assert!(
-        logs.contains("callback refused"),
-        "the bad signature was logged"
+        logs.contains("callbacks refused"),
+        "the bad signature was logged (a refusal after a quiet spell is summarised at once)"
     );
     assert!(
         logs.contains("access token refused"),
@@ -395,5 +396,72 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
     );
     assert!(lost.is_empty(), "lost after SIGTERM: {lost:?}");
     drop(restarted);
+    rig.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_callbacks_is_counted_exactly_and_logged_in_summaries() {
+    const FORGED: usize = 100_000;
+    let rig = ProcessRig::start("flood").await;
+    let log = std::env::temp_dir().join(format!("{}.log", unique("relay-flood")));
+    // The default level an operator runs with.
+    let relay = RelayProcess::start_logged(&rig.env, log, "info,lapin=error");
+    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    let baseline = relay.logs().lines().count();
+
+    let other = AppKeys::new(
+        &rig.app_id,
+        &SecretString::from("F0rgedT0kenF0rgedT0ken"),
+        &SecretString::from(AES_KEY),
+        true,
+    )
+    .unwrap();
+    let forged = seal_event(&other, b"{}", &now_s().to_string(), "n-flood");
+    let url = format!(
+        "{}/weiling/callback?{}",
+        rig.base,
+        forged.query.to_query_string()
+    );
+    let http = reqwest::Client::new();
+    let statuses: Vec<u16> = futures::stream::iter(0..FORGED)
+        .map(|_| {
+            let (http, url, body) = (&http, &url, forged.body.clone());
+            async move {
+                http.post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == 401),
+        "every forged callback refused"
+    );
+
+    let text = reqwest::get(format!("{}/metrics", rig.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = sample(
+        &text,
+        "relay_callbacks_total",
+        &["app=\"-\"", "outcome=\"unauthorized\""],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(counted as usize, FORGED, "counted exactly");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = relay.logs();
+    let lines = logs.lines().count() - baseline;
+    eprintln!("{FORGED} forged callbacks: {lines} log lines");
+    assert!(lines < 100, "{lines} log lines for {FORGED} refusals");
+    assert!(logs.contains("callbacks refused"), "summarised");
+    drop(relay);
     rig.cleanup().await;
 }
