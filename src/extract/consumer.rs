@@ -309,8 +309,8 @@ impl<'a> Driver<'a> {
             }
             Extracted::Ids(entity, ids) => {
                 self.tracker.expect(tag, ids.len());
-                self.held
-                    .insert(tag, (delivery.data.clone(), delivery.properties.clone()));
+                // Moved, not copied: the delivery is not read again.
+                self.held.insert(tag, (delivery.data, delivery.properties));
                 let now = Instant::now();
                 for id in ids {
                     let contribution = Contribution {
