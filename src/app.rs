@@ -1,11 +1,9 @@
 //! Wires the stages together, owns their tasks, and runs the drain in the order of design.md §2.6.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,7 +15,10 @@ use crate::extract::Mapping;
 use crate::extract::consumer::{self, Pipeline};
 use crate::persist::Persister;
 use crate::publish::RecordSink;
-use crate::receive::{self, ReceiveState, RefusalLog, SUMMARY_INTERVAL, Severity};
+use crate::receive::body::BodyGate;
+use crate::receive::{
+    self, ConnectionLimits, ReceiveState, RefusalLog, SUMMARY_INTERVAL, Severity,
+};
 use crate::verify::cipher::KeyError;
 use crate::verify::replay::ReplayCache;
 use crate::verify::{Apps, Verifier};
@@ -94,7 +95,11 @@ impl Relay {
                 settings.security.replay_cache_capacity,
             ),
             persister: Persister::new(publisher, &settings),
-            in_flight: Arc::new(Semaphore::new(settings.server.max_in_flight)),
+            bodies: BodyGate::new(
+                settings.server.max_in_flight,
+                settings.server.max_body_bytes,
+                Duration::from_millis(settings.server.body_timeout_ms),
+            ),
             answer_budget: Duration::from_millis(settings.server.answer_budget_ms),
             retry_after_s: settings.server.retry_after_s,
             draining: draining.clone(),
@@ -120,7 +125,7 @@ impl Relay {
         });
         let drain_deadline = Duration::from_millis(settings.server.drain_deadline_ms);
         let drain_grace = Duration::from_millis(settings.server.drain_grace_ms);
-        let max_body = settings.server.max_body_bytes;
+        let limits = ConnectionLimits::of(&settings.server);
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -130,9 +135,12 @@ impl Relay {
             HttpServer::new(move || {
                 App::new()
                     .wrap(actix_web::middleware::from_fn(receive::http_metrics))
-                    .configure(receive::routes(state.clone(), max_body))
+                    .configure(receive::routes(state.clone()))
             })
             .workers(workers)
+            .max_connections(limits.per_worker(workers))
+            .keep_alive(limits.keep_alive)
+            .client_request_timeout(limits.head_timeout)
             .disable_signals()
             .shutdown_timeout(drain_deadline.as_secs().max(1))
             .listen(listener)?

@@ -53,6 +53,10 @@ pub struct ServerSettings {
     pub listen: String,
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
+    pub body_timeout_ms: u64,
+    pub head_timeout_ms: u64,
+    pub keep_alive_ms: u64,
+    pub max_connections: usize,
     pub answer_budget_ms: u64,
     pub retry_after_s: u64,
     pub workers: usize,
@@ -504,6 +508,9 @@ impl Settings {
         })?;
         positive("server.max_body_bytes", s.max_body_bytes as u64)?;
         positive("server.max_in_flight", s.max_in_flight as u64)?;
+        positive("server.body_timeout_ms", s.body_timeout_ms)?;
+        positive("server.head_timeout_ms", s.head_timeout_ms)?;
+        positive("server.max_connections", s.max_connections as u64)?;
         positive("server.answer_budget_ms", s.answer_budget_ms)?;
         positive("server.drain_deadline_ms", s.drain_deadline_ms)?;
 

@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpResponse, ResponseError};
 
+use super::body::BodyError;
 use crate::amqp::PublishError;
 use crate::verify::Rejection;
 
@@ -17,6 +18,8 @@ pub enum CallbackError {
     Rejected(#[from] Rejection),
     #[error("unsupported content encoding or type")]
     UnsupportedMedia,
+    #[error(transparent)]
+    Body(#[from] BodyError),
     #[error("too many callbacks in flight")]
     TooManyInFlight { retry_after_s: u64 },
     #[error("not durable: {source}")]
@@ -26,6 +29,8 @@ pub enum CallbackError {
     },
     #[error("answer budget exceeded before the broker confirmed")]
     BudgetExceeded { retry_after_s: u64 },
+    #[error("the store task ended without an outcome")]
+    StoreAborted { retry_after_s: u64 },
     #[error("an identical callback in flight was not stored")]
     DuplicateNotStored { retry_after_s: u64 },
     #[error("the relay is draining")]
@@ -39,9 +44,14 @@ impl CallbackError {
             Self::Rejected(Rejection::BadRequest(_)) => "bad_request",
             Self::Rejected(Rejection::Unauthorized(_)) => "unauthorized",
             Self::UnsupportedMedia => "unsupported_media",
+            Self::Body(BodyError::TooLarge) => "body_too_large",
+            Self::Body(BodyError::TimedOut) => "body_timeout",
+            Self::Body(BodyError::Cut) => "body_cut",
+            Self::Body(BodyError::Broken) => "body_broken",
             Self::TooManyInFlight { .. } => "too_many_in_flight",
             Self::NotDurable { .. } => "broker_unavailable",
             Self::BudgetExceeded { .. } => "budget_exceeded",
+            Self::StoreAborted { .. } => "store_aborted",
             Self::DuplicateNotStored { .. } => "duplicate_not_stored",
             Self::Draining { .. } => "draining",
         }
@@ -52,9 +62,10 @@ impl CallbackError {
             Self::TooManyInFlight { retry_after_s }
             | Self::NotDurable { retry_after_s, .. }
             | Self::BudgetExceeded { retry_after_s }
+            | Self::StoreAborted { retry_after_s }
             | Self::DuplicateNotStored { retry_after_s }
             | Self::Draining { retry_after_s } => Some(*retry_after_s),
-            Self::Rejected(_) | Self::UnsupportedMedia => None,
+            Self::Rejected(_) | Self::UnsupportedMedia | Self::Body(_) => None,
         }
     }
 }
@@ -65,9 +76,13 @@ impl ResponseError for CallbackError {
             Self::Rejected(Rejection::BadRequest(_)) => StatusCode::BAD_REQUEST,
             Self::Rejected(Rejection::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Body(BodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(BodyError::TimedOut | BodyError::Cut) => StatusCode::REQUEST_TIMEOUT,
+            Self::Body(BodyError::Broken) => StatusCode::BAD_REQUEST,
             Self::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotDurable { .. }
             | Self::BudgetExceeded { .. }
+            | Self::StoreAborted { .. }
             | Self::DuplicateNotStored { .. }
             | Self::Draining { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -79,6 +94,11 @@ impl ResponseError for CallbackError {
         response.insert_header(ContentType::plaintext());
         if let Some(seconds) = self.retry_after_s() {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        // The rest of an unread body would otherwise be drained to keep the connection: a stalled
+        // or oversized sender gets the connection closed instead.
+        if matches!(self, Self::Body(_)) {
+            response.force_close();
         }
         response.body(
             status

@@ -9,12 +9,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ReceiveState;
 use super::answer::{self, CallbackError};
-use crate::verify::replay::Admission;
+use crate::amqp::PublishError;
+use crate::persist::Persister;
+use crate::verify::replay::{Admission, FirstSighting};
 use crate::verify::{CallbackQuery, Verified};
 
 pub async fn post(
     request: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     path_app: Option<web::Path<String>>,
     state: web::Data<ReceiveState>,
 ) -> Result<HttpResponse, CallbackError> {
@@ -29,10 +31,9 @@ pub async fn post(
     let mut app = None;
     let result = receive(
         &request,
-        &body,
+        body,
         path_app.as_deref().map(String::as_str),
         &state,
-        started,
         &mut app,
     )
     .instrument(span.clone())
@@ -61,7 +62,9 @@ pub async fn post(
         Err(CallbackError::Rejected(rejection)) => {
             state.refused.record(outcome, rejection.reason());
         }
-        Err(CallbackError::UnsupportedMedia) => state.refused.record(outcome, "-"),
+        Err(CallbackError::UnsupportedMedia | CallbackError::Body(_)) => {
+            state.refused.record(outcome, "-")
+        }
         // Expected during a drain; logging each one would flood the log exactly when it is read.
         Err(error @ CallbackError::Draining { .. }) => {
             debug!(outcome, error = %error, "callback not stored")
@@ -74,10 +77,9 @@ pub async fn post(
 /// Returns the outcome label of a `success` answer.
 async fn receive(
     request: &HttpRequest,
-    body: &[u8],
+    payload: web::Payload,
     path_app: Option<&str>,
     state: &ReceiveState,
-    started: Instant,
     app: &mut Option<String>,
 ) -> Result<&'static str, CallbackError> {
     let retry_after_s = state.retry_after_s;
@@ -85,15 +87,20 @@ async fn receive(
         return Err(CallbackError::Draining { retry_after_s });
     }
     check_media(request)?;
-    let _permit = state
-        .in_flight
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| CallbackError::TooManyInFlight { retry_after_s })?;
+    let content_length = content_length(request);
+    state.bodies.check_length(content_length)?;
+    let slot = state
+        .bodies
+        .enter()
+        .ok_or(CallbackError::TooManyInFlight { retry_after_s })?;
+    let (body, _permit) = slot.read(payload, content_length).await?;
+    // The answer budget covers verifying and storing: how fast the sender delivers its body is
+    // bounded by `body_timeout_ms` instead.
+    let started = Instant::now();
     let query = CallbackQuery::parse(request.query_string())?;
     let verified = state
         .verifier
-        .verify_post(&query, body, path_app, SystemTime::now())?;
+        .verify_post(&query, &body, path_app, SystemTime::now())?;
 
     let span = tracing::Span::current();
     span.record("app_id", verified.app_id());
@@ -114,20 +121,42 @@ async fn receive(
         Admission::First(ticket) => ticket,
     };
 
-    let (store, outcome) = match &verified {
-        Verified::Event(_) => ("inbox", "stored"),
-        Verified::Undecodable(_) => ("dead_letter", "dead_lettered"),
+    let outcome = match &verified {
+        Verified::Event(_) => "stored",
+        Verified::Undecodable(_) => "dead_lettered",
     };
+    // The store runs as a task of its own: past the answer budget the sender gets 503 and will
+    // retry, but a publish already on its way may still be confirmed. Finishing it, and recording
+    // it in the replay cache, answers that retry `success` instead of storing the callback twice.
+    // The in-flight permit goes with the answer, as before: the publisher bounds what it holds.
+    let storing = tokio::spawn(store(state.persister.clone(), verified, ticket));
+    match tokio::time::timeout(remaining(), storing).await {
+        Ok(Ok(Ok(()))) => Ok(outcome),
+        Ok(Ok(Err(source))) => Err(CallbackError::NotDurable {
+            source,
+            retry_after_s,
+        }),
+        Ok(Err(_aborted)) => Err(CallbackError::StoreAborted { retry_after_s }),
+        Err(_) => Err(CallbackError::BudgetExceeded { retry_after_s }),
+    }
+}
+
+/// One confirmed publish to the inbox (or the dead-letter queue); a confirmed one is remembered by
+/// the replay cache.
+async fn store(
+    persister: Persister,
+    verified: Verified,
+    ticket: FirstSighting,
+) -> Result<(), PublishError> {
     let app_id = verified.app_id().to_owned();
     let stored = match verified {
         Verified::Event(event) => {
             let publish_started = Instant::now();
-            let stored =
-                tokio::time::timeout(remaining(), state.persister.store_event(event)).await;
-            if matches!(stored, Ok(Ok(()))) {
+            let stored = persister.store_event(event).await;
+            if stored.is_ok() {
                 crate::metrics::inbox_publish(publish_started.elapsed());
+                debug!(app_id, "event persisted");
             }
-            debug!(app_id, store, "event persisted");
             stored
         }
         Verified::Undecodable(letter) => {
@@ -137,25 +166,24 @@ async fn receive(
                 detail = letter.detail(),
                 "authentic callback could not be read; dead-lettering it"
             );
-            let stored =
-                tokio::time::timeout(remaining(), state.persister.store_dead_letter(&letter)).await;
-            if matches!(stored, Ok(Ok(()))) {
+            let stored = persister.store_dead_letter(&letter).await;
+            if stored.is_ok() {
                 crate::metrics::dead_letter(letter.reason().as_str());
             }
             stored
         }
     };
-    match stored {
-        Ok(Ok(())) => {
-            ticket.stored();
-            Ok(outcome)
-        }
-        Ok(Err(source)) => Err(CallbackError::NotDurable {
-            source,
-            retry_after_s,
-        }),
-        Err(_) => Err(CallbackError::BudgetExceeded { retry_after_s }),
+    if stored.is_ok() {
+        ticket.stored();
     }
+    stored
+}
+
+/// The declared body length, if any: a chunked body has none and is measured as it arrives (the
+/// HTTP parser already refused a Content-Length that is not a number).
+fn content_length(request: &HttpRequest) -> Option<usize> {
+    let value = request.headers().get(header::CONTENT_LENGTH)?;
+    value.to_str().ok()?.trim().parse().ok()
 }
 
 /// Only plain JSON bodies: a compressed body would bypass the size limit (decompression bombs), and

@@ -1,6 +1,7 @@
 //! Stage 1: the HTTP edge. Routes, shared handler state, and the admission limits.
 
 pub mod answer;
+pub mod body;
 pub mod callback;
 pub mod health;
 pub mod refusals;
@@ -8,12 +9,13 @@ pub mod refusals;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::KeepAlive;
 use actix_web::{HttpResponse, web};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use refusals::{RefusalLog, SUMMARY_INTERVAL, Severity};
 
+use crate::config::ServerSettings;
 use crate::persist::Persister;
 use crate::verify::Verifier;
 use crate::verify::replay::ReplayCache;
@@ -23,8 +25,9 @@ pub struct ReceiveState {
     pub verifier: Verifier,
     pub replay: ReplayCache,
     pub persister: Persister,
-    /// `max_in_flight` permits: a callback that finds none is answered 429 at once.
-    pub in_flight: Arc<Semaphore>,
+    /// `max_in_flight` permits, each taken before a body is read: a callback that finds none (and
+    /// no unfinished body to cut) is answered 429 at once.
+    pub bodies: Arc<body::BodyGate>,
     pub answer_budget: Duration,
     pub retry_after_s: u64,
     /// Cancelled when the drain starts: readiness goes false and new callbacks get 503.
@@ -35,17 +38,35 @@ pub struct ReceiveState {
     pub not_stored: RefusalLog,
 }
 
+/// How the HTTP server treats connections (the body limits are [`body::BodyGate`]'s).
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub keep_alive: KeepAlive,
+    pub head_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn of(server: &ServerSettings) -> Self {
+        Self {
+            max_connections: server.max_connections,
+            keep_alive: match server.keep_alive_ms {
+                0 => KeepAlive::Disabled,
+                ms => KeepAlive::Timeout(Duration::from_millis(ms)),
+            },
+            head_timeout: Duration::from_millis(server.head_timeout_ms),
+        }
+    }
+
+    /// actix counts connections per worker; the setting is for the whole process.
+    pub fn per_worker(&self, workers: usize) -> usize {
+        self.max_connections.div_ceil(workers.max(1)).max(1)
+    }
+}
+
 /// Registers the routes on an actix `App`.
-pub fn routes(
-    state: web::Data<ReceiveState>,
-    max_body_bytes: usize,
-) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn routes(state: web::Data<ReceiveState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
-        // Bodies over the limit are refused with 413, by Content-Length before reading, or as soon as
-        // a chunked body passes it.
-        let payload = web::PayloadConfig::new(max_body_bytes);
         cfg.app_data(state)
-            .app_data(payload)
             .service(
                 web::resource("/weiling/callback")
                     .route(web::post().to(post_callback))
@@ -64,7 +85,7 @@ pub fn routes(
 
 async fn post_callback(
     request: actix_web::HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     state: web::Data<ReceiveState>,
 ) -> Result<HttpResponse, answer::CallbackError> {
     callback::post(request, body, None, state).await

@@ -172,7 +172,7 @@ impl Verified {
 pub struct ReplayKey([u8; 32]);
 
 impl ReplayKey {
-    pub(crate) fn new(app_id: &str, content: &[u8]) -> Self {
+    pub fn new(app_id: &str, content: &[u8]) -> Self {
         Self(
             Sha256::new()
                 .chain_update(app_id.as_bytes())
