@@ -95,11 +95,7 @@ impl Relay {
                 settings.security.replay_cache_capacity,
             ),
             persister: Persister::new(publisher, &settings),
-            bodies: BodyGate::new(
-                settings.server.max_in_flight,
-                settings.server.max_body_bytes,
-                Duration::from_millis(settings.server.body_timeout_ms),
-            ),
+            bodies: BodyGate::new(&settings.server),
             answer_budget: Duration::from_millis(settings.server.answer_budget_ms),
             retry_after_s: settings.server.retry_after_s,
             draining: draining.clone(),
@@ -141,6 +137,7 @@ impl Relay {
             .max_connections(limits.per_worker(workers))
             .keep_alive(limits.keep_alive)
             .client_request_timeout(limits.head_timeout)
+            .client_disconnect_timeout(limits.linger)
             .disable_signals()
             .shutdown_timeout(drain_deadline.as_secs().max(1))
             .listen(listener)?

@@ -53,6 +53,7 @@ pub struct ServerSettings {
     pub listen: String,
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
+    pub max_unfinished_bodies: usize,
     pub body_timeout_ms: u64,
     pub head_timeout_ms: u64,
     pub keep_alive_ms: u64,
@@ -508,6 +509,10 @@ impl Settings {
         })?;
         positive("server.max_body_bytes", s.max_body_bytes as u64)?;
         positive("server.max_in_flight", s.max_in_flight as u64)?;
+        positive(
+            "server.max_unfinished_bodies",
+            s.max_unfinished_bodies as u64,
+        )?;
         positive("server.body_timeout_ms", s.body_timeout_ms)?;
         positive("server.head_timeout_ms", s.head_timeout_ms)?;
         positive("server.max_connections", s.max_connections as u64)?;

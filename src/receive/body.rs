@@ -17,6 +17,8 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ServerSettings;
+
 /// Why a body was not read in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
@@ -34,6 +36,7 @@ pub enum BodyError {
 pub struct BodyGate {
     in_flight: Arc<Semaphore>,
     reading: Mutex<Reading>,
+    max_unfinished: usize,
     max_body_bytes: usize,
     timeout: Duration,
 }
@@ -44,6 +47,15 @@ struct Reading {
     open: BTreeMap<u64, (OwnedSemaphorePermit, CancellationToken)>,
 }
 
+impl Reading {
+    /// Cuts the oldest unfinished body (its reader answers 408) and hands over its permit.
+    fn cut_oldest(&mut self) -> Option<OwnedSemaphorePermit> {
+        let (permit, cut) = self.open.pop_first()?.1;
+        cut.cancel();
+        Some(permit)
+    }
+}
+
 /// A body being read: its permit sits in the gate so a newer callback can take it over.
 pub struct ReadSlot {
     gate: Arc<BodyGate>,
@@ -52,28 +64,41 @@ pub struct ReadSlot {
 }
 
 impl BodyGate {
-    pub fn new(max_in_flight: usize, max_body_bytes: usize, timeout: Duration) -> Arc<Self> {
+    pub fn new(limits: &ServerSettings) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            reading: Mutex::new(Reading::default()),
+            max_unfinished: limits.max_unfinished_bodies.max(1),
+            max_body_bytes: limits.max_body_bytes,
+            timeout: Duration::from_millis(limits.body_timeout_ms),
+        })
+    }
+
+    #[cfg(test)]
+    fn with(max_in_flight: usize, max_unfinished: usize) -> Arc<Self> {
         Arc::new(Self {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             reading: Mutex::new(Reading::default()),
-            max_body_bytes,
-            timeout,
+            max_unfinished,
+            max_body_bytes: 1024,
+            timeout: Duration::from_secs(5),
         })
     }
 
     /// A permit for one more callback: a free one, or the one of the oldest body still being read.
+    /// The oldest unfinished body is also cut when `max_unfinished` bodies are being read already.
     /// `None` when every permit belongs to a callback past its body (being stored): answer 429.
     pub fn enter(self: &Arc<Self>) -> Option<ReadSlot> {
-        let permit = match self.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let (permit, cut) = self.lock().open.pop_first()?.1;
-                cut.cancel();
-                permit
+        let mut reading = self.lock();
+        let permit = if reading.open.len() >= self.max_unfinished {
+            reading.cut_oldest()?
+        } else {
+            match self.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => reading.cut_oldest()?,
             }
         };
         let cut = CancellationToken::new();
-        let mut reading = self.lock();
         let seq = reading.next;
         reading.next += 1;
         reading.open.insert(seq, (permit, cut.clone()));
@@ -114,17 +139,19 @@ impl ReadSlot {
         let limit = self.gate.max_body_bytes;
         self.gate.check_length(content_length)?;
         let whole = async {
-            // Sized by the declared length (already checked against the limit), so the buffer never
-            // doubles past what the sender sends.
-            let mut body = BytesMut::with_capacity(content_length.unwrap_or(0));
+            // Kept as the chunks the HTTP layer handed over and joined once complete: a stalled
+            // body then holds only what it sent, never a buffer sized for what it announced.
+            let mut chunks: Vec<Bytes> = Vec::new();
+            let mut length = 0usize;
             while let Some(chunk) = payload.next().await {
                 let chunk = chunk.map_err(|_| BodyError::Broken)?;
-                if body.len() + chunk.len() > limit {
+                length += chunk.len();
+                if length > limit {
                     return Err(BodyError::TooLarge);
                 }
-                body.extend_from_slice(&chunk);
+                chunks.push(chunk);
             }
-            Ok(body.freeze())
+            Ok(join(chunks, length))
         };
         let body = tokio::select! {
             read = tokio::time::timeout(self.gate.timeout, whole) => {
@@ -146,6 +173,38 @@ impl ReadSlot {
     }
 }
 
+/// Refusals discard at most this much of an unread body, for at most [`DISCARD_WITHIN`]; a sender
+/// still writing past that finds the connection closed.
+const DISCARD_MAX_BYTES: usize = 16 << 20;
+const DISCARD_WITHIN: Duration = Duration::from_secs(1);
+
+/// Reads and drops the rest of a body the relay answers without using (429, 413, 415, 503). The
+/// connection is closed right after such an answer, and closing one with unread data resets it:
+/// the sender would see an error instead of the answer. Nothing is kept, so this costs no memory.
+pub async fn discard(mut payload: web::Payload) {
+    let drained = async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = payload.next().await {
+            read += chunk.len();
+            if read > DISCARD_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_WITHIN, drained).await;
+}
+
+fn join(mut chunks: Vec<Bytes>, length: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut body = BytesMut::with_capacity(length);
+    for chunk in &chunks {
+        body.extend_from_slice(chunk);
+    }
+    body.freeze()
+}
+
 impl Drop for ReadSlot {
     /// A body that failed or was abandoned frees its permit.
     fn drop(&mut self) {
@@ -159,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_full_gate_cuts_the_oldest_unfinished_body() {
-        let gate = BodyGate::new(2, 1024, Duration::from_secs(5));
+        let gate = BodyGate::with(2, 2);
         let first = gate.enter().unwrap();
         let second = gate.enter().unwrap();
         assert_eq!(gate.reading(), 2);
@@ -175,8 +234,23 @@ mod tests {
     }
 
     #[test]
+    fn at_most_max_unfinished_bodies_are_read_at_once() {
+        let gate = BodyGate::with(10, 2);
+        let first = gate.enter().unwrap();
+        let _second = gate.enter().unwrap();
+        let _third = gate.enter().unwrap();
+        assert!(first.cut.is_cancelled());
+        assert_eq!(gate.reading(), 2);
+        assert_eq!(
+            gate.in_flight.available_permits(),
+            8,
+            "the cut permit was reused"
+        );
+    }
+
+    #[test]
     fn permits_held_past_the_body_are_never_cut() {
-        let gate = BodyGate::new(1, 1024, Duration::from_secs(5));
+        let gate = BodyGate::with(1, 1);
         let slot = gate.enter().unwrap();
         let permit = slot.take_permit().unwrap();
         assert!(gate.enter().is_none(), "the only permit is storing: 429");

@@ -9,6 +9,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ReceiveState;
 use super::answer::{self, CallbackError};
+use super::body::{BodyError, discard};
 use crate::amqp::PublishError;
 use crate::persist::Persister;
 use crate::verify::replay::{Admission, FirstSighting};
@@ -29,15 +30,21 @@ pub async fn post(
         outcome = Empty
     );
     let mut app = None;
+    let mut body = Some(body);
     let result = receive(
         &request,
-        body,
+        &mut body,
         path_app.as_deref().map(String::as_str),
         &state,
         &mut app,
     )
     .instrument(span.clone())
     .await;
+    // Refused before its body was read: read the rest (discarding it) so the answer reaches the
+    // sender, rather than a reset from closing a connection with unread data.
+    if let Some(unread) = body {
+        discard(unread).await;
+    }
     let _entered = span.enter();
     let outcome = match &result {
         Ok(outcome) => *outcome,
@@ -77,7 +84,7 @@ pub async fn post(
 /// Returns the outcome label of a `success` answer.
 async fn receive(
     request: &HttpRequest,
-    payload: web::Payload,
+    payload: &mut Option<web::Payload>,
     path_app: Option<&str>,
     state: &ReceiveState,
     app: &mut Option<String>,
@@ -93,6 +100,9 @@ async fn receive(
         .bodies
         .enter()
         .ok_or(CallbackError::TooManyInFlight { retry_after_s })?;
+    let Some(payload) = payload.take() else {
+        return Err(CallbackError::Body(BodyError::Broken));
+    };
     let (body, _permit) = slot.read(payload, content_length).await?;
     // The answer budget covers verifying and storing: how fast the sender delivers its body is
     // bounded by `body_timeout_ms` instead.

@@ -38,11 +38,20 @@ pub struct ReceiveState {
     pub not_stored: RefusalLog,
 }
 
+/// After an answer that leaves a body unread, the connection is closed at once. Such answers are a
+/// stalled or cut sender's 408, whose bytes were all read, or refusals that first read and drop
+/// the rest of the body ([`body::discard`]), so closing resets nothing the sender still needs.
+/// Lingering instead would keep each cut connection's read buffer (up to 128 KiB) alive: measured,
+/// 2,000 stalled senders took the relay from 83 MB to 150 MB with a 1 s linger.
+pub const LINGER: Duration = Duration::ZERO;
+
 /// How the HTTP server treats connections (the body limits are [`body::BodyGate`]'s).
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub keep_alive: KeepAlive,
     pub head_timeout: Duration,
+    /// See [`LINGER`].
+    pub linger: Duration,
 }
 
 impl ConnectionLimits {
@@ -54,6 +63,7 @@ impl ConnectionLimits {
                 ms => KeepAlive::Timeout(Duration::from_millis(ms)),
             },
             head_timeout: Duration::from_millis(server.head_timeout_ms),
+            linger: LINGER,
         }
     }
 

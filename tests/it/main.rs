@@ -9,6 +9,7 @@ mod catalog;
 mod catalog_events;
 mod contacts;
 mod demo;
+mod edge_limits;
 mod fault;
 mod helpers;
 mod mirror;

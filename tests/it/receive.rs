@@ -153,6 +153,41 @@ async fn the_replay_cache_cannot_be_bypassed_by_rewriting_the_query() {
 }
 
 #[tokio::test]
+async fn a_full_replay_cache_forgets_the_oldest_callbacks_never_the_newest() {
+    let capacity = 50;
+    let app = spawn_with(
+        Spawn::default().set("WEILING_RELAY__SECURITY__REPLAY_CACHE_CAPACITY", capacity),
+    )
+    .await;
+    let callbacks: Vec<_> = (0..2 * capacity)
+        .map(|n| app.callback(&format!("cust-full-{n}")))
+        .collect();
+    for callback in &callbacks {
+        assert_eq!(app.post(callback).await.status, 200);
+    }
+    assert_eq!(app.take_all(app.inbox()).await.len(), 2 * capacity);
+
+    // The newest 50 replayed: every one is recognised and nothing is stored.
+    let (oldest, newest) = callbacks.split_at(capacity);
+    for callback in newest {
+        let again = app.post(callback).await;
+        assert_eq!((again.status, again.body.as_str()), (200, "success"));
+    }
+    assert_eq!(
+        app.depth(app.inbox()).await,
+        0,
+        "each of the newest {capacity} callbacks is still remembered"
+    );
+    // The oldest 50 were evicted to make room, so their replays are stored again (a duplicate
+    // with the same message_id, never a loss).
+    for callback in oldest {
+        assert_eq!(app.post(callback).await.status, 200);
+    }
+    assert_eq!(app.take_all(app.inbox()).await.len(), capacity);
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn a_sender_retry_with_a_new_nonce_is_stored_again_with_the_same_message_id() {
     let app = spawn_app().await;
     let event = app.event("cust-retry");

@@ -148,6 +148,33 @@ pub(super) async fn post(http: &reqwest::Client, rig: &FaultRig, sealed: &Sealed
     .await
 }
 
+/// Posts `sealed` as Weiling's sender does: a 429 or 503 (both carry Retry-After) is sent again
+/// after a short pause, up to 10 times. Returns every answer, the last one first-class.
+pub(super) async fn post_retrying(
+    http: &reqwest::Client,
+    rig: &FaultRig,
+    sealed: &SealedCallback,
+) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        let reply = post(http, rig, sealed).await;
+        let again = matches!(reply.status, 429 | 503);
+        if again {
+            assert!(
+                reply.retry_after.is_some(),
+                "{} without Retry-After",
+                reply.status
+            );
+        }
+        replies.push(reply);
+        if !again {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    replies
+}
+
 /// An id no load callback names: a record for it is an "unexpected" in the ledger.
 pub(super) fn poison_id(tag: &str) -> String {
     format!("poison-{tag}-{}", new_customer_id())
@@ -522,33 +549,44 @@ async fn row_05_exact_replay() {
             let mut tally = Tally::default();
             let mut distinct = 0;
             rig.progress_at_least(START).await;
+            // Every request is sent as Weiling's sender does: on a busy machine a 503 (the confirm
+            // took longer than the answer budget) is possible and retried. The relay finishes such a
+            // store in the background and remembers it, so the retry is still not stored twice.
+            let mut check = |case: &'static str, replies: Vec<Reply>| {
+                for reply in &replies {
+                    tally.check(case, reply, &[200, 503]);
+                }
+                assert!(
+                    replies.last().is_some_and(Reply::success),
+                    "{case}: never answered success"
+                );
+            };
             for _ in 0..3 {
                 let copies = |sealed: SealedCallback| {
                     let http = http.clone();
                     let rig = rig.clone();
                     async move {
-                        let all = (0..100).map(|_| post(&http, &rig, &sealed));
+                        let all = (0..100).map(|_| post_retrying(&http, &rig, &sealed));
                         join_all(all).await
                     }
                 };
                 // First sight as 100 concurrent copies.
                 let burst = seal_at(&rig, &history_of_load_customer(&rig), 0);
                 distinct += 1;
-                for reply in copies(burst).await {
-                    tally.check("new request, 100 concurrent copies", &reply, &[200]);
+                for replies in copies(burst).await {
+                    check("new request, 100 concurrent copies", replies);
                 }
                 // Captured, resent 1 s later, then 100 times at once.
                 let captured = seal_at(&rig, &history_of_load_customer(&rig), 0);
                 distinct += 1;
-                tally.check("original", &post(&http, &rig, &captured).await, &[200]);
+                check("original", post_retrying(&http, &rig, &captured).await);
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                tally.check(
+                check(
                     "resent 1 s later",
-                    &post(&http, &rig, &captured).await,
-                    &[200],
+                    post_retrying(&http, &rig, &captured).await,
                 );
-                for reply in copies(captured).await {
-                    tally.check("resent, 100 concurrent copies", &reply, &[200]);
+                for replies in copies(captured).await {
+                    check("resent, 100 concurrent copies", replies);
                 }
             }
             let restored_at = Some(Instant::now());
