@@ -16,14 +16,20 @@ use crate::process::{ProcessRig, RelayProcess};
 
 /// What a stalled sender saw: how long after its last byte the relay closed the connection, and
 /// the status line it was sent first (none when closed without an answer).
-struct Stalled {
-    closed_after: Option<Duration>,
-    status: Option<String>,
+pub(crate) struct Stalled {
+    pub closed_after: Option<Duration>,
+    pub status: Option<String>,
 }
 
 /// Sends a request head announcing `declared` body bytes and `sent` of them, then waits (up to
 /// `give_up`) for the relay to answer and close.
-async fn stall(addr: &str, path: &str, declared: usize, sent: usize, give_up: Duration) -> Stalled {
+pub(crate) async fn stall(
+    addr: &str,
+    path: &str,
+    declared: usize,
+    sent: usize,
+    give_up: Duration,
+) -> Stalled {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return Stalled {
             closed_after: Some(Duration::ZERO),

@@ -18,7 +18,7 @@ use crate::helpers::{AES_KEY, OTHER_AES_KEY, SHARED_BROKER, TOKEN, now_s, unique
 use crate::process::{ProcessRig, RelayProcess};
 
 /// The value of the first sample line of `name` whose labels contain every one of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))

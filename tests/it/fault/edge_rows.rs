@@ -197,7 +197,7 @@ pub(super) fn unmapped(rig: &FaultRig, tag: &str) -> Vec<u8> {
 
 /// `history_add` about a customer the load already created: enriching it makes records only for
 /// ids the ledger knows, and each call is a distinct event (a random history id).
-fn history_of_load_customer(rig: &FaultRig) -> Vec<u8> {
+pub(super) fn history_of_load_customer(rig: &FaultRig) -> Vec<u8> {
     let customers = rig.sim.customers(&rig.app_id);
     let pick = &customers[rand::random_range(0..customers.len())];
     let id = pick["customer_id"].as_str().unwrap();
@@ -210,7 +210,7 @@ pub(super) fn seal_at(rig: &FaultRig, event: &[u8], skew_s: i64) -> SealedCallba
 }
 
 /// Keys with the rig's app id but another Token and EncodingAESKey.
-fn stranger_keys(rig: &FaultRig) -> AppKeys {
+pub(super) fn stranger_keys(rig: &FaultRig) -> AppKeys {
     AppKeys::new(
         &rig.app_id,
         &SecretString::from("AnotherTokenAnother1"),

@@ -10,6 +10,7 @@ mod broker_rows;
 mod crm_rows;
 mod edge_rows;
 mod process_rows;
+mod review_rows;
 mod soak;
 
 use std::collections::HashMap;
@@ -438,6 +439,8 @@ pub struct FaultOutcome {
     /// The fault destroyed what the broker held (an operator deleted the inbox): `ok` callbacks whose
     /// successful attempt was sent before this moment are exempt from "lost"; every later one counts.
     pub exempt_before: Option<Instant>,
+    /// Customers the row itself created and sent callbacks about: their records are expected.
+    pub own_ids: Vec<String>,
     pub note: String,
 }
 
@@ -626,7 +629,10 @@ where
     let unrouted = rig.drain_unrouted().await;
     // Customers named by dead-lettered inbox events were parked by design (replayable).
     let exempt = |e: &Entry| destroyed(e) || parked.contains(e.subject.id());
-    let verdict = ledger::judge(&entries, &rig.seen.lock().unwrap(), exempt);
+    let mut verdict = ledger::judge(&entries, &rig.seen.lock().unwrap(), exempt);
+    verdict
+        .unexpected
+        .retain(|id| !outcome.own_ids.contains(id));
     let recovery = outcome.restored_at.and_then(|at| rig.first_ok_after(at));
     // A fault lifted after the last answer tested nothing: the load must outlast it.
     let answered_after_fault = match outcome.restored_at {

@@ -1,0 +1,319 @@
+//! Rows 41–45: the adversarial review's findings, each replayed under the full load of valid
+//! callbacks. The load's ledger must still lose nothing while the finding's own check holds.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::join_all;
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use weiling_relay::entity::Entity;
+use weiling_relay::ops::reconcile::{self, Plan};
+use weiling_relay::simulator::events::{self, CustomerChange};
+use weiling_relay::simulator::new_customer_id;
+use weiling_relay::verify::AppKeys;
+use weiling_relay::verify::seal::{seal_ciphertext, seal_event};
+
+use super::edge_rows::{
+    Probe, Tally, history_of_load_customer, http, paced, post, seal_at, unmapped,
+};
+use crate::edge_limits::stall;
+use crate::fault::{FaultOutcome, Load, RigOptions, run_row};
+use crate::helpers::{AES_KEY, SHARED_BROKER, nonce, now_s};
+use crate::operate::sample;
+
+/// Waits until the probe has shown a record of customer `id` whose `record` is `state`; returns
+/// that message's `message_id`, `fetched_at` and `x-content-sha256`-free body.
+async fn await_state(probe: &Probe, id: &str, state: &Value) -> (String, Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = probe
+            .take()
+            .await
+            .into_iter()
+            .filter(|(_, body)| body["customer_id"] == id && body["record"] == *state)
+            .last();
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of {id} with the expected state within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_41_state_reverted_after_a_reconcile() {
+    run_row(
+        41,
+        "state reverted after a reconcile (review finding 1)",
+        RigOptions::on(SHARED_BROKER),
+        Load::default(),
+        |rig, _round| async move {
+            let customers = rig.settings.amqp.customers_exchange.clone();
+            let probe = Probe::bind_to(&rig, &customers, "customer.#").await;
+            let http = http();
+            rig.progress_at_least(100).await;
+            let (app, id) = (rig.app_id.clone(), new_customer_id());
+            // S1 published from a callback.
+            let s1 = rig.sim.create_customer(&app, &id);
+            let sent = post(&http, &rig, &seal_at(&rig, &events::add_customer(&s1).to_json(&app), 0)).await;
+            assert!(sent.success());
+            let (first_id, _) = await_state(&probe, &id, &s1).await;
+            // Weiling changes to S2; a reconcile (another publisher) publishes it.
+            let s2 = rig.sim.change_customer(&app, &id);
+            let summary = reconcile::reconcile(
+                &rig.settings,
+                Plan::new(&app, vec![id.clone()]),
+                &mut |_| {},
+                &CancellationToken::new(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(summary.published, 1);
+            let (second_id, _) = await_state(&probe, &id, &s2).await;
+            // Weiling goes back to S1 and an event says so: S1 is published again.
+            rig.sim
+                .set_raw_record(Entity::Customer, &app, &id, &s1.to_string());
+            let update = events::customer_update(&s1, CustomerChange::Remark).to_json(&app);
+            assert!(post(&http, &rig, &seal_at(&rig, &update, 0)).await.success());
+            let (third_id, _) = await_state(&probe, &id, &s1).await;
+            probe.close().await;
+            assert_ne!(third_id, first_id, "a new fetch is a new publication");
+            FaultOutcome {
+                restored_at: Some(Instant::now()),
+                own_ids: vec![id],
+                note: format!(
+                    "S1 published, S2 published by reconcile, back to S1: published again ({} distinct message ids)",
+                    [first_id, second_id, third_id]
+                        .iter()
+                        .collect::<std::collections::HashSet<_>>()
+                        .len()
+                ),
+                ..FaultOutcome::default()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_42_stalled_bodies() {
+    run_row(
+        42,
+        "stalled bodies (review finding 2)",
+        RigOptions::on(SHARED_BROKER),
+        Load::default(),
+        |rig, _round| async move {
+            const STALLED: usize = 500;
+            let server = &rig.settings.server;
+            let (max_body, deadline) = (
+                server.max_body_bytes,
+                Duration::from_millis(server.body_timeout_ms),
+            );
+            rig.progress_at_least(100).await;
+            let addr = rig.base.trim_start_matches("http://").to_owned();
+            // Each announces a full body, sends all but 4 KiB and stalls; opened over a second.
+            let stalled: Vec<_> = futures::stream::iter(0..STALLED)
+                .map(|n| {
+                    let addr = addr.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(2 * n as u64)).await;
+                        let path = "/weiling/callback?msg_signature=a&timestamp=1&nonce=n";
+                        stall(&addr, path, max_body, max_body - 4096, deadline * 5).await
+                    }
+                })
+                .buffer_unordered(STALLED)
+                .collect()
+                .await;
+            let restored_at = Some(Instant::now());
+            let told_408 = stalled
+                .iter()
+                .filter(|s| s.status.as_deref().is_some_and(|l| l.contains(" 408 ")))
+                .count();
+            let longest = stalled
+                .iter()
+                .map(|s| s.closed_after.unwrap_or(Duration::MAX))
+                .max()
+                .unwrap_or_default();
+            assert_eq!(told_408, STALLED, "every stalled sender is answered 408");
+            // The relay closes by the deadline; the margin is this test's own scheduling.
+            assert!(
+                longest <= deadline + Duration::from_millis(500),
+                "a stalled connection stayed open {longest:?} (deadline {deadline:?})"
+            );
+            FaultOutcome {
+                restored_at,
+                note: format!(
+                    "{STALLED} senders stalled 4 KiB short of a {max_body}-byte body: {told_408} answered 408, the last closed {} ms after stalling (body deadline {} ms)",
+                    longest.as_millis(),
+                    deadline.as_millis()
+                ),
+                ..FaultOutcome::default()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_43_replay_with_a_rewritten_query() {
+    run_row(
+        43,
+        "replay with a rewritten query (review finding 3)",
+        RigOptions::on(SHARED_BROKER),
+        Load::default(),
+        |rig, _round| async move {
+            let http = http();
+            // history_add is a type the load never sends, so this queue sees only these requests.
+            let probe = Probe::bind(&rig, "history_add").await;
+            let mut tally = Tally::default();
+            let mut tick = paced(&rig).await;
+            let captured = 30;
+            for _ in 0..captured {
+                tick.tick().await;
+                let original = seal_at(&rig, &history_of_load_customer(&rig), 0);
+                tally.check("original", &post(&http, &rig, &original).await, &[200]);
+                let mut upper = original.clone();
+                upper.query.msg_signature = upper.query.msg_signature.to_uppercase();
+                tally.check(
+                    "signature upper case",
+                    &post(&http, &rig, &upper).await,
+                    &[200],
+                );
+                // The same ciphertext signed again with another nonce and timestamp.
+                let envelope: Value = serde_json::from_slice(&original.body).unwrap();
+                let resigned = seal_ciphertext(
+                    &rig.app,
+                    &rig.app_id,
+                    envelope["encrypt_msg"].as_str().unwrap(),
+                    &(now_s() - 1).to_string(),
+                    "4711",
+                );
+                tally.check("re-signed", &post(&http, &rig, &resigned).await, &[200]);
+            }
+            let restored_at = Some(Instant::now());
+            let stored = probe.take().await;
+            probe.close().await;
+            assert_eq!(stored.len(), captured, "each captured callback stored once");
+            FaultOutcome {
+                restored_at,
+                note: format!(
+                    "{}; {captured} callbacks sent 3 ways each stored {} inbox messages",
+                    tally.note(),
+                    stored.len()
+                ),
+                ..FaultOutcome::default()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_44_full_replay_cache() {
+    let capacity = 300;
+    run_row(
+        44,
+        "full replay cache (review finding 4)",
+        RigOptions::on(SHARED_BROKER).set("WEILING_RELAY__SECURITY__REPLAY_CACHE_CAPACITY", capacity),
+        Load::default(),
+        move |rig, _round| async move {
+            let http = http();
+            let probe = Probe::bind(&rig, "history_add").await;
+            // The load has filled the cache many times over by now.
+            rig.progress_at_least(2 * capacity).await;
+            let newest = 50;
+            let sent: Vec<_> = (0..newest)
+                .map(|_| seal_at(&rig, &history_of_load_customer(&rig), 0))
+                .collect();
+            for sealed in &sent {
+                assert!(post(&http, &rig, sealed).await.success());
+            }
+            // Each replayed at once: all are among the newest entries, so none is stored again.
+            let replays = join_all(sent.iter().map(|sealed| post(&http, &rig, sealed))).await;
+            assert!(replays.iter().all(|r| r.success()));
+            let restored_at = Some(Instant::now());
+            let stored = probe.take().await;
+            probe.close().await;
+            assert_eq!(
+                stored.len(),
+                newest,
+                "every one of the newest callbacks was recognised"
+            );
+            FaultOutcome {
+                restored_at,
+                note: format!(
+                    "cache of {capacity} kept full by the load; {newest} new callbacks replayed at once: {} stored",
+                    stored.len()
+                ),
+                ..FaultOutcome::default()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_45_forged_flood() {
+    let mut options = RigOptions::on(SHARED_BROKER);
+    // A process of its own, so its metrics count only this round's requests.
+    options.process = true;
+    run_row(
+        45,
+        "flood of forged callbacks (review finding 7)",
+        options,
+        Load::default(),
+        |rig, _round| async move {
+            const FORGED: usize = 20_000;
+            let forger = AppKeys::new(
+                &rig.app_id,
+                &SecretString::from("F0rgedT0kenF0rgedT0ken"),
+                &SecretString::from(AES_KEY),
+                true,
+            )
+            .unwrap();
+            rig.progress_at_least(100).await;
+            let http = http();
+            let forged = seal_event(&forger, &unmapped(&rig, "forged"), &now_s().to_string(), &nonce());
+            let statuses: Vec<u16> = futures::stream::iter(0..FORGED)
+                .map(|_| {
+                    let (http, rig, forged) = (&http, &rig, &forged);
+                    async move { post(http, rig, forged).await.status }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            let restored_at = Some(Instant::now());
+            let refused = statuses.iter().filter(|s| **s == 401).count();
+            let metrics = http
+                .get(format!("{}/metrics", rig.base))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let counted = sample(
+                &metrics,
+                "relay_callbacks_total",
+                &["app=\"-\"", "outcome=\"unauthorized\""],
+            )
+            .unwrap_or(0.0) as usize;
+            assert_eq!(refused, FORGED, "every forged callback refused");
+            assert_eq!(counted, FORGED, "counted exactly in the metrics");
+            FaultOutcome {
+                restored_at,
+                note: format!(
+                    "{FORGED} forged callbacks during the load: {refused} answered 401, {counted} counted in relay_callbacks_total"
+                ),
+                ..FaultOutcome::default()
+            }
+        },
+    )
+    .await;
+}
