@@ -32,8 +32,7 @@ async fn await_state(probe: &Probe, id: &str, state: &Value) -> (String, Value) 
             .take()
             .await
             .into_iter()
-            .filter(|(_, body)| body["customer_id"] == id && body["record"] == *state)
-            .last();
+            .rfind(|(_, body)| body["customer_id"] == id && body["record"] == *state);
         if let Some(found) = found {
             return found;
         }
