@@ -94,6 +94,8 @@ pub struct AmqpSettings {
     pub events_exchange: String,
     pub unrouted_exchange: String,
     pub prefetch: u16,
+    pub max_unacked_per_app: u16,
+    pub retry_delay_ms: u64,
     pub connect_timeout_ms: u64,
     pub heartbeat_s: u16,
     pub reconnect_max_delay_ms: u64,
@@ -112,6 +114,15 @@ impl AmqpSettings {
             (0..self.inbox_partitions)
                 .map(|i| format!("{}.{i}", self.inbox_queue))
                 .collect()
+        }
+    }
+
+    /// Where deliveries of an app over `max_unacked_per_app` wait `retry_delay_ms` before they
+    /// return to the inbox: one queue per inbox layout, since its dead-letter target differs.
+    pub fn inbox_retry_queue(&self) -> String {
+        match self.inbox_hash_exchange() {
+            None => format!("{}.retry", self.inbox_queue),
+            Some(hash) => format!("{hash}.retry"),
         }
     }
 
@@ -558,6 +569,13 @@ impl Settings {
                 "must be larger than window.max_ids, or a window could never fill",
             ));
         }
+        if a.max_unacked_per_app == 0 || a.max_unacked_per_app >= a.prefetch {
+            return Err(ConfigError::invalid(
+                "amqp.max_unacked_per_app",
+                "must be 1 or more and less than amqp.prefetch, or one app could still take every unacked slot",
+            ));
+        }
+        positive("amqp.retry_delay_ms", a.retry_delay_ms)?;
 
         let w = &self.window;
         if w.max_ids == 0 || w.max_ids > 100 {
@@ -908,6 +926,26 @@ mod tests {
                 "amqp.inbox_partitions",
             ),
             ("WEILING_RELAY__AMQP__PREFETCH", "50", "amqp.prefetch"),
+            (
+                "WEILING_RELAY__AMQP__MAX_UNACKED_PER_APP",
+                "500",
+                "amqp.max_unacked_per_app",
+            ),
+            (
+                "WEILING_RELAY__AMQP__MAX_UNACKED_PER_APP",
+                "0",
+                "amqp.max_unacked_per_app",
+            ),
+            (
+                "WEILING_RELAY__SERVER__MAX_UNFINISHED_BODIES",
+                "0",
+                "server.max_unfinished_bodies",
+            ),
+            (
+                "WEILING_RELAY__SERVER__BODY_TIMEOUT_MS",
+                "0",
+                "server.body_timeout_ms",
+            ),
             (
                 "WEILING_RELAY__SECURITY__REPLAY_WINDOW_S",
                 "10",

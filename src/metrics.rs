@@ -17,6 +17,7 @@ pub const DEAD_LETTERS: &str = "relay_dead_letters_total";
 pub const WINDOW_FLUSHES: &str = "relay_window_flush_total";
 pub const WINDOW_IDS: &str = "relay_window_ids";
 pub const UNMAPPED_EVENTS: &str = "relay_events_without_customers_total";
+pub const DEFERRED: &str = "relay_deliveries_deferred_total";
 pub const WEILING_REQUESTS: &str = "relay_weiling_requests_total";
 pub const WEILING_REQUEST: &str = "relay_weiling_request_seconds";
 pub const TOKEN_REFRESHES: &str = "relay_weiling_token_refresh_total";
@@ -83,6 +84,11 @@ const DEFS: &[Def] = &[
         name: WINDOW_IDS,
         kind: Kind::Histogram(IDS, Unit::Count),
         help: "Distinct customer ids per closed window.",
+    },
+    Def {
+        name: DEFERRED,
+        kind: Kind::Counter,
+        help: "Inbox deliveries moved to the retry queue because their app held amqp.max_unacked_per_app already, by app.",
     },
     Def {
         name: UNMAPPED_EVENTS,
@@ -226,6 +232,10 @@ pub fn window_flushed(reason: &'static str, ids: usize, events: u64) {
     counter!(WINDOW_FLUSHES, "reason" => reason).increment(1);
     histogram!(WINDOW_IDS).record(ids as f64);
     EVENTS_WINDOWED.fetch_add(events, Ordering::Relaxed);
+}
+
+pub fn deferred(app: &str) {
+    counter!(DEFERRED, "app" => app.to_owned()).increment(1);
 }
 
 pub fn event_without_customers() {

@@ -108,6 +108,7 @@ async fn declare_inbox(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lap
         "x-dead-letter-routing-key".into(),
         long_string(&amqp.dead_letter_queue),
     );
+    declare_retry(channel, amqp).await?;
     let Some(hash_exchange) = amqp.inbox_hash_exchange() else {
         channel
             .queue_declare(amqp.inbox_queue.as_str().into(), durable_queue, inbox_args)
@@ -165,6 +166,42 @@ async fn declare_inbox(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lap
             .await?;
     }
     Ok(())
+}
+
+/// The retry queue: deliveries moved here carry a per-message expiration (`retry_delay_ms`, so the
+/// setting can change without re-declaring) and dead-letter back into the inbox when it passes:
+/// straight to the inbox queue, or with P > 1 to the consistent-hash exchange, which sends each to
+/// its partition by the `partition_key` it still carries. Never through the events exchange, whose
+/// other subscribers have had the event already.
+async fn declare_retry(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        long_string(amqp.inbox_queue_type.as_str()),
+    );
+    match amqp.inbox_hash_exchange() {
+        None => {
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                long_string(&amqp.inbox_queue),
+            );
+        }
+        Some(hash) => {
+            args.insert("x-dead-letter-exchange".into(), long_string(&hash));
+        }
+    }
+    channel
+        .queue_declare(
+            amqp.inbox_retry_queue().as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map(|_| ())
 }
 
 fn long_string(s: &str) -> AMQPValue {

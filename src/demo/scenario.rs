@@ -669,10 +669,12 @@ async fn check(channel: Channel, queue: String, seen: Arc<Mutex<Seen>>) {
 /// Deletes the queues and exchanges a relay with these settings declared, and the checking queue.
 pub async fn cleanup(channel: &Channel, amqp: &AmqpSettings, check_queue: &str) {
     let inbox = amqp.inbox_queues();
+    let retry = amqp.inbox_retry_queue();
     for queue in [
         check_queue,
         &amqp.dead_letter_queue,
         &amqp.unrouted_exchange,
+        &retry,
     ]
     .into_iter()
     .chain(inbox.iter().map(String::as_str))

@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Extracted, Mapping};
 use crate::ack::AckTracker;
-use crate::amqp::publisher::with_heartbeat;
+use crate::amqp::publisher::{Outgoing, with_heartbeat};
 use crate::config::{AmqpSettings, WindowSettings};
 use crate::persist::dead_letter;
 use crate::publish::RecordSink;
@@ -173,7 +173,7 @@ impl Session {
         let mut driver = Driver::new(pipeline, channel, abort);
         let mut draining = false;
         loop {
-            if draining && driver.flushes.is_empty() {
+            if draining && driver.flushes.is_empty() && driver.deferrals.is_empty() {
                 return None;
             }
             let deadline = driver.coalescer.next_deadline();
@@ -198,6 +198,10 @@ impl Session {
                 Some(done) = driver.flushes.join_next(), if !driver.flushes.is_empty() => match done {
                     Ok(outcome) => driver.on_flush_done(outcome).await,
                     Err(error) => Err(format!("flush task failed: {error}")),
+                },
+                Some(done) = driver.deferrals.join_next(), if !driver.deferrals.is_empty() => match done {
+                    Ok(deferral) => driver.on_deferral_done(deferral).await,
+                    Err(error) => Err(format!("retry-queue move failed: {error}")),
                 },
                 () = sleep_until(deadline), if deadline.is_some() => {
                     for flush in driver.coalescer.drain_due(Instant::now()) {
@@ -238,9 +242,13 @@ struct Driver<'a> {
     coalescer: Coalescer,
     tracker: AckTracker,
     flushes: JoinSet<FlushOutcome>,
-    /// The body and properties of every delivery waiting in a window (at most `prefetch`), so an
-    /// event naming an id Weiling refused can be parked with that id in the dead-letter queue.
-    held: HashMap<DeliveryTag, (Vec<u8>, lapin::BasicProperties)>,
+    /// Deliveries being moved to the retry queue.
+    deferrals: JoinSet<Deferral>,
+    /// Every delivery waiting in a window (at most `prefetch`), kept so an event naming an id Weiling
+    /// refused can be parked with that id in the dead-letter queue.
+    held: HashMap<DeliveryTag, Held>,
+    /// How many of `held` each app has: capped at `max_unacked_per_app`.
+    held_per_app: HashMap<String, u16>,
     /// One flush per app at a time: fetches of one app never overlap, so `fetched_at` orders the states
     /// of a customer exactly, and Weiling's per-app rate limit is not raced. Later flushes wait here.
     busy_apps: HashMap<String, VecDeque<Flush>>,
@@ -260,7 +268,9 @@ impl<'a> Driver<'a> {
             }),
             tracker: AckTracker::default(),
             held: HashMap::new(),
+            held_per_app: HashMap::new(),
             flushes: JoinSet::new(),
+            deferrals: JoinSet::new(),
             busy_apps: HashMap::new(),
             abort,
         }
@@ -308,9 +318,25 @@ impl<'a> Driver<'a> {
                 self.ack(tag).await
             }
             Extracted::Ids(entity, ids) => {
+                let app_held = self.held_per_app.get(&event.app_id).copied().unwrap_or(0);
+                if app_held >= self.pipeline.amqp.max_unacked_per_app {
+                    // This app's calls are not getting through (or it is far busier than the
+                    // others): its unacked share is full, and holding more would leave other apps
+                    // no slot. Later, not lost.
+                    self.defer(delivery, &event.app_id);
+                    return Ok(());
+                }
                 self.tracker.expect(tag, ids.len());
+                *self.held_per_app.entry(event.app_id.clone()).or_default() += 1;
                 // Moved, not copied: the delivery is not read again.
-                self.held.insert(tag, (delivery.data, delivery.properties));
+                self.held.insert(
+                    tag,
+                    Held {
+                        app_id: event.app_id.clone(),
+                        body: delivery.data,
+                        properties: delivery.properties,
+                    },
+                );
                 let now = Instant::now();
                 for id in ids {
                     let contribution = Contribution {
@@ -326,6 +352,49 @@ impl<'a> Driver<'a> {
                     }
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Moves a delivery to the retry queue, in the background: once the move is confirmed the
+    /// delivery is acked and returns to the inbox after `retry_delay_ms`; if it is not, the delivery
+    /// goes back to the inbox at once. Moves run concurrently, so a burst of one app's returning
+    /// deliveries does not hold up the other apps' deliveries queued behind it.
+    fn defer(&mut self, delivery: lapin::message::Delivery, app_id: &str) {
+        let amqp = &self.pipeline.amqp;
+        let message = Outgoing {
+            exchange: String::new(),
+            routing_key: amqp.inbox_retry_queue(),
+            body: delivery.data,
+            properties: delivery
+                .properties
+                .with_expiration(amqp.retry_delay_ms.to_string().as_str().into()),
+            mandatory: true,
+        };
+        let (tag, app_id) = (delivery.delivery_tag, app_id.to_owned());
+        let publisher = self.pipeline.sink.publisher.clone();
+        self.deferrals.spawn(async move {
+            let moved = match tokio::time::timeout(PARK_TIMEOUT, publisher.publish(message)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.as_str().to_owned()),
+                Err(_) => Err("no confirm in time".to_owned()),
+            };
+            Deferral { tag, app_id, moved }
+        });
+    }
+
+    async fn on_deferral_done(&mut self, deferral: Deferral) -> Result<(), String> {
+        match deferral.moved {
+            Ok(()) => {
+                crate::metrics::deferred(&deferral.app_id);
+                self.ack(deferral.tag).await
+            }
+            Err(error) => {
+                warn!(
+                    error,
+                    "delivery not moved to the retry queue; returning it to the inbox"
+                );
+                self.reject(deferral.tag, true).await
             }
         }
     }
@@ -366,13 +435,13 @@ impl<'a> Driver<'a> {
         tag: DeliveryTag,
         refused: &RefusedDeliveries,
     ) -> Result<(), String> {
-        let Some((body, properties)) = self.held.get(&tag) else {
+        let Some(held) = self.held.get(&tag) else {
             return self.reject(tag, false).await;
         };
         let letter = dead_letter::refused_event(
             &self.pipeline.amqp.dead_letter_queue,
-            body,
-            properties,
+            &held.body,
+            &held.properties,
             &refused.id,
             refused.code,
             &refused.detail,
@@ -397,8 +466,21 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// A delivery is settled (acked or returned): it no longer counts against its app.
+    fn release(&mut self, tag: DeliveryTag) {
+        let Some(held) = self.held.remove(&tag) else {
+            return;
+        };
+        if let Some(count) = self.held_per_app.get_mut(&held.app_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.held_per_app.remove(&held.app_id);
+            }
+        }
+    }
+
     async fn ack(&mut self, tag: DeliveryTag) -> Result<(), String> {
-        self.held.remove(&tag);
+        self.release(tag);
         match tokio::time::timeout(
             ACK_TIMEOUT,
             self.channel.basic_ack(tag, BasicAckOptions::default()),
@@ -412,7 +494,7 @@ impl<'a> Driver<'a> {
     }
 
     async fn reject(&mut self, tag: DeliveryTag, requeue: bool) -> Result<(), String> {
-        self.held.remove(&tag);
+        self.release(tag);
         let result = if requeue {
             tokio::time::timeout(
                 ACK_TIMEOUT,
@@ -439,6 +521,20 @@ impl<'a> Driver<'a> {
             Err(_) => Err("nack timed out".into()),
         }
     }
+}
+
+/// The end of one move to the retry queue.
+struct Deferral {
+    tag: DeliveryTag,
+    app_id: String,
+    moved: Result<(), String>,
+}
+
+/// A delivery waiting in a window.
+struct Held {
+    app_id: String,
+    body: Vec<u8>,
+    properties: lapin::BasicProperties,
 }
 
 /// What the pipeline reads from an inbox message (the relay's own raw-event publish).

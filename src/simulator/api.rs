@@ -268,7 +268,8 @@ fn decide(
         let code = state.config.auth_error_code;
         return (app_id, Answer::Error(ApiError::Auth(code)));
     };
-    if !state.admit(app, entity.batch_endpoint(), now) {
+    if state.faults.exhausted_apps.contains(app) || !state.admit(app, entity.batch_endpoint(), now)
+    {
         let code = state.config.rate_limit_code;
         return (app_id, Answer::Error(ApiError::RateLimited(code)));
     }

@@ -198,6 +198,17 @@ impl Simulator {
         self.shared.lock().faults.token_endpoint_down = down;
     }
 
+    /// While on, every batch call of `app_id` is answered with the rate-limit code inside HTTP 200, as
+    /// Weiling answers an app whose quota is spent; other apps are served as usual.
+    pub fn set_app_rate_limited(&self, app_id: &str, on: bool) {
+        let apps = &mut self.shared.lock().faults.exhausted_apps;
+        if on {
+            apps.insert(app_id.to_owned());
+        } else {
+            apps.remove(app_id);
+        }
+    }
+
     pub fn set_garbage(&self, on: bool) {
         self.shared.lock().faults.garbage = on;
     }

@@ -54,6 +54,8 @@ pub(super) struct Faults {
     pub http_429_retry_after: Option<u64>,
     pub token_endpoint_down: bool,
     pub garbage: bool,
+    /// Apps whose every batch call is answered as over the rate limit (their quota is spent).
+    pub exhausted_apps: std::collections::HashSet<String>,
 }
 
 pub(super) struct Token {

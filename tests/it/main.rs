@@ -21,3 +21,4 @@ mod process;
 mod receive;
 mod scale;
 mod support;
+mod tenants;

@@ -157,6 +157,9 @@ with a message that names the value to fix.
 {{- if le (int64 $c.amqp.prefetch) (int64 $c.window.maxIds) }}
 {{- fail (printf "config.amqp.prefetch (%d) must be larger than config.window.maxIds (%d), or a window could never fill" (int64 $c.amqp.prefetch) (int64 $c.window.maxIds)) }}
 {{- end }}
+{{- if ge (int64 $c.amqp.maxUnackedPerApp) (int64 $c.amqp.prefetch) }}
+{{- fail (printf "config.amqp.maxUnackedPerApp (%d) must be less than config.amqp.prefetch (%d), or one app could still take every unacked slot" (int64 $c.amqp.maxUnackedPerApp) (int64 $c.amqp.prefetch)) }}
+{{- end }}
 {{- if lt (int64 $c.security.replayWindowS) (mul 2 (int64 $c.security.timestampToleranceS)) }}
 {{- fail "config.security.replayWindowS must be at least twice config.security.timestampToleranceS" }}
 {{- end }}

@@ -58,6 +58,8 @@ pub struct RigOptions {
     pub process: bool,
     /// Extra `WEILING_RELAY__…` settings.
     pub env: Vec<(String, String)>,
+    /// A second app (tenant) served by the same relay and simulator; in-process relays only.
+    pub second_app: bool,
 }
 
 impl RigOptions {
@@ -68,6 +70,7 @@ impl RigOptions {
             weiling_proxy: false,
             process: false,
             env: Vec::new(),
+            second_app: false,
         }
     }
 
@@ -104,6 +107,8 @@ pub struct FaultRig {
     ok_at: Mutex<Vec<Instant>>,
     /// Records read from the unrouted queue so far.
     unrouted: AtomicUsize,
+    /// The second app of [`RigOptions::second_app`].
+    pub other_app: Option<TestApp>,
 }
 
 impl FaultRig {
@@ -150,7 +155,25 @@ impl FaultRig {
             format!("127.0.0.1:{port}"),
         );
         env.extend(options.env.iter().cloned());
-        let settings = Settings::load(None, &env).unwrap();
+        let mut settings = Settings::load(None, &env).unwrap();
+        let other_app = options.second_app.then(|| {
+            assert!(
+                !options.process,
+                "a relay process is configured with one app"
+            );
+            let other = TestApp::generate(&format!("{}b", prefix.replace('-', "")));
+            sim.add_app(&other.app_id, &other.app_secret);
+            let mut other_env = env.clone();
+            other_env.extend(relay_env(
+                &prefix,
+                &relay_amqp,
+                &format!("http://{weiling_addr}"),
+                &other,
+            ));
+            let other_settings = Settings::load(None, &other_env).unwrap();
+            settings.apps.extend(other_settings.apps);
+            other
+        });
 
         // The checking queue is durable, so it keeps records through broker faults; it is read by
         // polling (`drain_records`), which cannot get stuck on a connection a fault broke.
@@ -175,6 +198,7 @@ impl FaultRig {
             progress: AtomicUsize::new(0),
             ok_at: Mutex::new(Vec::new()),
             unrouted: AtomicUsize::new(0),
+            other_app,
         };
         rig.start_relay(options.process).await;
         rig

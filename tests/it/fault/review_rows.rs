@@ -19,7 +19,7 @@ use super::edge_rows::{
     Probe, Tally, history_of_load_customer, http, paced, post, seal_at, unmapped,
 };
 use crate::edge_limits::stall;
-use crate::fault::{FaultOutcome, Load, RigOptions, run_row};
+use crate::fault::{FaultOutcome, FaultRig, Load, RigOptions, run_row};
 use crate::helpers::{AES_KEY, SHARED_BROKER, nonce, now_s};
 use crate::operate::sample;
 
@@ -315,4 +315,93 @@ async fn row_45_forged_flood() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_46_one_tenant_rate_limited() {
+    // A small share, so the limited app's deliveries overflow it and go round the retry queue.
+    let mut options = RigOptions::on(SHARED_BROKER)
+        .set("WEILING_RELAY__AMQP__MAX_UNACKED_PER_APP", 50)
+        .set("WEILING_RELAY__AMQP__RETRY_DELAY_MS", 1000);
+    options.second_app = true;
+    run_row(
+        46,
+        "one tenant's Weiling rate-limited (review finding 5)",
+        options,
+        Load::default(),
+        |rig, _round| async move {
+            let other = rig.other_app.as_ref().expect("a second app");
+            let customers = rig.settings.amqp.customers_exchange.clone();
+            let probe =
+                Probe::bind_to(&rig, &customers, &format!("customer.{}.#", other.app_id)).await;
+            let driver = weiling_relay::simulator::CallbackDriver::new(
+                &rig.base,
+                std::sync::Arc::new(other.keys().unwrap()),
+                weiling_relay::simulator::RetryPolicy::default(),
+            );
+            // The other app's every call is answered 1009 while it sends 40 callbacks/s about
+            // customers of its own, during the load of the app the ledger judges.
+            rig.sim.set_app_rate_limited(&other.app_id, true);
+            rig.progress_at_least(50).await;
+            let mut ids = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            for _ in 0..240 {
+                tick.tick().await;
+                let id = new_customer_id();
+                let record = rig.sim.create_customer(&other.app_id, &id);
+                let sent = driver
+                    .send(&events::add_customer(&record).to_json(&other.app_id))
+                    .await;
+                assert_eq!(sent.outcome, weiling_relay::simulator::Outcome::Ok);
+                ids.push(id);
+            }
+            let waiting = retry_depth(&rig).await;
+            rig.sim.set_app_rate_limited(&other.app_id, false);
+            let restored_at = Some(Instant::now());
+            // Nothing of the limited app is lost: every one of its customers is published.
+            let mut published = std::collections::HashSet::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while published.len() < ids.len() && Instant::now() < deadline {
+                for (_, body) in probe.take().await {
+                    if let Some(id) = body["customer_id"].as_str() {
+                        published.insert(id.to_owned());
+                    }
+                }
+            }
+            probe.close().await;
+            assert_eq!(published.len(), ids.len(), "every customer of the limited app published");
+            assert!(waiting > 0, "the limited app's overflow went to the retry queue");
+            FaultOutcome {
+                restored_at,
+                note: format!(
+                    "a second app answered 1009 for {} callbacks (6 s) during the load, every app's unacked share 50: {waiting} deliveries in the retry queue when the limit was lifted (the busy load's app overflowed its small share too); the load's app lost nothing; after the limit all {} of its customers were published",
+                    ids.len(),
+                    published.len()
+                ),
+                own_ids: ids,
+                ..FaultOutcome::default()
+            }
+        },
+    )
+    .await;
+}
+
+/// Messages waiting in the rig's retry queue now.
+async fn retry_depth(rig: &FaultRig) -> u32 {
+    let (connection, channel) = rig.inspect().await;
+    let queue = rig.settings.amqp.inbox_retry_queue();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..lapin::options::QueueDeclareOptions::default()
+    };
+    let depth = channel
+        .queue_declare(
+            queue.as_str().into(),
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_or(0, |q| q.message_count());
+    let _ = connection.close(200, "counted".into()).await;
+    depth
 }
