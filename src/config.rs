@@ -100,6 +100,7 @@ pub struct AmqpSettings {
     pub heartbeat_s: u16,
     pub reconnect_max_delay_ms: u64,
     pub consume_inbox: bool,
+    pub tls_ca_file: String,
 }
 
 /// More partitions than this buys nothing on one cluster and costs a queue (and a consumer) each.
@@ -532,14 +533,22 @@ impl Settings {
 
         let a = &self.amqp;
         let url = a.url.expose_secret();
-        if url.starts_with("amqps://") {
+        let tls = url.starts_with("amqps://");
+        if !tls && !url.starts_with("amqp://") {
             return Err(ConfigError::invalid(
                 "amqp.url",
-                "amqps:// is not supported by this build: reach the broker over amqp:// on a private network (or a TLS sidecar)",
+                "must start with amqp:// or amqps:// (TLS)",
             ));
         }
-        if !url.starts_with("amqp://") {
-            return Err(ConfigError::invalid("amqp.url", "must start with amqp://"));
+        if !a.tls_ca_file.is_empty() {
+            if !tls {
+                return Err(ConfigError::invalid(
+                    "amqp.tls_ca_file",
+                    "is only used with an amqps:// URL",
+                ));
+            }
+            crate::amqp::connect::read_ca_file(&a.tls_ca_file)
+                .map_err(|problem| ConfigError::invalid("amqp.tls_ca_file", problem))?;
         }
         for (key, name) in [
             ("amqp.inbox_queue", &a.inbox_queue),
@@ -914,7 +923,11 @@ mod tests {
             ),
             ("WEILING_RELAY__WINDOW__MAX_IDS", "101", "window.max_ids"),
             ("WEILING_RELAY__AMQP__URL", "http://x", "amqp.url"),
-            ("WEILING_RELAY__AMQP__URL", "amqps://h/%2f", "amqp.url"),
+            (
+                "WEILING_RELAY__AMQP__TLS_CA_FILE",
+                "/nonexistent/ca.pem",
+                "amqp.tls_ca_file",
+            ),
             (
                 "WEILING_RELAY__AMQP__INBOX_PARTITIONS",
                 "0",

@@ -1,5 +1,7 @@
-//! Broker plumbing shared by every stage: topology, and the supervised confirmed publisher.
+//! Broker plumbing shared by every stage: connecting (TLS included), topology, and the supervised
+//! confirmed publisher.
 
+pub mod connect;
 pub mod publisher;
 pub mod topology;
 

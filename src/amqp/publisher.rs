@@ -12,7 +12,6 @@ use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
-use secrecy::ExposeSecret;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -248,9 +247,8 @@ type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 impl Link {
     async fn open(settings: &AmqpSettings, name: &str) -> Result<(Link, Events), lapin::Error> {
-        let uri = with_heartbeat(settings.url.expose_secret(), settings.heartbeat_s);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = Connection::connect(&uri, properties).await?;
+        let connection = super::connect::connect(settings, properties).await?;
         let events: Events = Box::pin(connection.events_listener());
         let channel = connection.create_channel().await?;
         channel

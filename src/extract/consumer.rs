@@ -13,7 +13,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -22,7 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Extracted, Mapping};
 use crate::ack::AckTracker;
-use crate::amqp::publisher::{Outgoing, with_heartbeat};
+use crate::amqp::publisher::Outgoing;
 use crate::config::{AmqpSettings, WindowSettings};
 use crate::persist::dead_letter;
 use crate::publish::RecordSink;
@@ -104,8 +103,7 @@ impl Session {
             .with_connection_name(pipeline.connection_name.as_str().into());
         // The configured heartbeat, not the broker's 60 s: over a half-open link the deliveries this
         // session holds stay unacked (and invisible to every other consumer) until one side notices.
-        let url = with_heartbeat(pipeline.amqp.url.expose_secret(), pipeline.amqp.heartbeat_s);
-        let connection = Connection::connect(&url, properties).await?;
+        let connection = crate::amqp::connect::connect(&pipeline.amqp, properties).await?;
         let channel = connection.create_channel().await?;
         crate::amqp::topology::declare(&channel, &pipeline.amqp).await?;
         // The prefetch exceeds the largest window (validated at start), so a window can always fill.

@@ -11,12 +11,10 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::Stats;
 use super::worker::{Verdict, Worker};
-use crate::amqp::publisher::with_heartbeat;
 use crate::amqp::topology;
 use crate::config::AmqpSettings;
 use crate::mirror::db::DbError;
@@ -84,10 +82,9 @@ impl Session {
         prefetch: u16,
         connection_name: &str,
     ) -> Result<Session, lapin::Error> {
-        let uri = with_heartbeat(amqp.url.expose_secret(), amqp.heartbeat_s);
         let properties =
             ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = Connection::connect(&uri, properties).await?;
+        let connection = crate::amqp::connect::connect(amqp, properties).await?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, amqp).await?;
         declare_queue(&channel, amqp, queue).await?;

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::apply::Statements;
 use super::schema::{self, MigrationError};
+use super::tls::{self, Tls, TlsError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Setting up a connection (schema, migrations, statements) on a healthy server takes milliseconds;
@@ -34,6 +35,8 @@ pub enum DbError {
     Migration(#[from] MigrationError),
     #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("PostgreSQL TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 impl DbError {
@@ -41,7 +44,7 @@ impl DbError {
     /// a configuration or migration problem that no retry fixes.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Url(_) | Self::SchemaName(_) => false,
+            Self::Url(_) | Self::SchemaName(_) | Self::Tls(_) => false,
             Self::Postgres(error) => is_transient(error),
             Self::Migration(error) => error.is_transient(),
             Self::Timeout(_) => true,
@@ -93,6 +96,7 @@ pub fn is_data_error(error: &tokio_postgres::Error) -> bool {
 #[derive(Clone)]
 pub struct Target {
     config: Config,
+    tls: Tls,
     schema: Option<String>,
 }
 
@@ -100,7 +104,9 @@ impl Target {
     /// `url` is a `postgres://` URL or a `key=value` string; `schema`, if given, is created when
     /// missing and becomes the connection's `search_path`.
     pub fn new(url: &SecretString, schema: Option<&str>) -> Result<Self, DbError> {
-        let mut config = Config::from_str(url.expose_secret()).map_err(DbError::Url)?;
+        let (conninfo, tls) = tls::split(url.expose_secret())?;
+        let mut config = Config::from_str(&conninfo).map_err(DbError::Url)?;
+        config.ssl_mode(tls.ssl_mode);
         if config.get_application_name().is_none() {
             config.application_name("weiling-relay-mirror");
         }
@@ -112,7 +118,11 @@ impl Target {
             Some(name) => return Err(DbError::SchemaName(name.to_owned())),
             None => None,
         };
-        Ok(Self { config, schema })
+        Ok(Self {
+            config,
+            tls,
+            schema,
+        })
     }
 
     /// `user@host:port/dbname[ schema s]`: enough to find the database, never the password.
@@ -161,15 +171,24 @@ impl Target {
             .get_connect_timeout()
             .copied()
             .unwrap_or(CONNECT_TIMEOUT);
-        let (mut client, connection) =
-            tokio::time::timeout(connect_timeout, self.config.connect(NoTls))
-                .await
-                .map_err(|_| DbError::Timeout(connect_timeout))??;
-        let task = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                warn!(error = %error_text(&error), "PostgreSQL connection ended");
+        let timed_out = |_| DbError::Timeout(connect_timeout);
+        let (mut client, task) = match &self.tls.config {
+            None => {
+                let (client, connection) =
+                    tokio::time::timeout(connect_timeout, self.config.connect(NoTls))
+                        .await
+                        .map_err(timed_out)??;
+                (client, drive(connection))
             }
-        });
+            Some(config) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone());
+                let (client, connection) =
+                    tokio::time::timeout(connect_timeout, self.config.connect(tls))
+                        .await
+                        .map_err(timed_out)??;
+                (client, drive(connection))
+            }
+        };
         match tokio::time::timeout(SETUP_TIMEOUT, self.set_up(&mut client)).await {
             Ok(Ok(statements)) => Ok(Db {
                 client,
@@ -209,6 +228,19 @@ impl Target {
             .await?;
         Ok(Statements::prepare(client).await?)
     }
+}
+
+/// Runs a connection until it ends; the client talks to it through its channel.
+fn drive<S, T>(connection: tokio_postgres::Connection<S, T>) -> JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            warn!(error = %error_text(&error), "PostgreSQL connection ended");
+        }
+    })
 }
 
 fn valid_schema_name(name: &str) -> bool {

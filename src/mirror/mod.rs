@@ -15,6 +15,7 @@ pub mod dead_letter;
 pub mod message;
 pub mod schema;
 pub mod stats;
+pub mod tls;
 pub mod worker;
 
 use std::collections::HashMap;

@@ -25,13 +25,11 @@ use std::time::{Duration, SystemTime};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::{BROKER_OP_TIMEOUT, OpsError, publish_confirmed, start_publisher, stop_publisher};
 use crate::amqp::Outgoing;
-use crate::amqp::publisher::with_heartbeat;
 use crate::amqp::topology::PARTITION_HEADER;
 use crate::config::Settings;
 use crate::persist::dead_letter::{REFUSED_CODE_HEADER, REFUSED_ID_HEADER, WEILING_REFUSED};
@@ -207,8 +205,8 @@ pub async fn replay(
     };
     let connection = within(
         "connect",
-        Connection::connect(
-            &with_heartbeat(amqp.url.expose_secret(), amqp.heartbeat_s),
+        crate::amqp::connect::connect(
+            amqp,
             ConnectionProperties::default().with_connection_name("weiling-relay dlq replay".into()),
         ),
     )

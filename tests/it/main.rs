@@ -22,3 +22,4 @@ mod receive;
 mod scale;
 mod support;
 mod tenants;
+mod tls;

@@ -215,7 +215,10 @@ async fn row_43_replay_with_a_rewritten_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_44_full_replay_cache() {
-    let capacity = 300;
+    // The cache is full before the new callbacks, and the load has too few callbacks left to push
+    // them out before they are replayed, however slow the machine: 1,000 in all, 750 already sent,
+    // so fewer than 700 newer ones can follow (its sender's retries included).
+    let capacity = 700;
     run_row(
         44,
         "full replay cache (review finding 4)",
@@ -224,15 +227,13 @@ async fn row_44_full_replay_cache() {
         move |rig, _round| async move {
             let http = http();
             let probe = Probe::bind(&rig, "history_add").await;
-            // The load has filled the cache many times over by now.
-            rig.progress_at_least(2 * capacity).await;
+            rig.progress_at_least(750).await;
             let newest = 50;
             let sent: Vec<_> = (0..newest)
                 .map(|_| seal_at(&rig, &history_of_load_customer(&rig), 0))
                 .collect();
-            for sealed in &sent {
-                assert!(post(&http, &rig, sealed).await.success());
-            }
+            let firsts = join_all(sent.iter().map(|sealed| post(&http, &rig, sealed))).await;
+            assert!(firsts.iter().all(|r| r.success()));
             // Each replayed at once: all are among the newest entries, so none is stored again.
             let replays = join_all(sent.iter().map(|sealed| post(&http, &rig, sealed))).await;
             assert!(replays.iter().all(|r| r.success()));
@@ -247,7 +248,7 @@ async fn row_44_full_replay_cache() {
             FaultOutcome {
                 restored_at,
                 note: format!(
-                    "cache of {capacity} kept full by the load; {newest} new callbacks replayed at once: {} stored",
+                    "cache of {capacity} filled by the load; {newest} new callbacks sent and replayed at once: {} stored",
                     stored.len()
                 ),
                 ..FaultOutcome::default()
@@ -278,15 +279,40 @@ async fn row_45_forged_flood() {
             .unwrap();
             rig.progress_at_least(100).await;
             let http = http();
-            let forged = seal_event(&forger, &unmapped(&rig, "forged"), &now_s().to_string(), &nonce());
-            let statuses: Vec<u16> = futures::stream::iter(0..FORGED)
+            let forged = seal_event(
+                &forger,
+                &unmapped(&rig, "forged"),
+                &now_s().to_string(),
+                &nonce(),
+            );
+            // Sent as a sender would: a request the connection failed under is sent again (its
+            // answer may have been lost after the relay counted it).
+            let url = super::edge_rows::callback_url(&rig, &forged.query.to_query_string());
+            let answers: Vec<(u16, usize)> = futures::stream::iter(0..FORGED)
                 .map(|_| {
-                    let (http, rig, forged) = (&http, &rig, &forged);
-                    async move { post(http, rig, forged).await.status }
+                    let (http, url, body) = (&http, &url, forged.body.clone());
+                    async move {
+                        let mut failed = 0;
+                        loop {
+                            let sent = http
+                                .post(url)
+                                .header("content-type", "application/json")
+                                .body(body.clone())
+                                .send()
+                                .await;
+                            match sent {
+                                Ok(answer) => return (answer.status().as_u16(), failed),
+                                Err(_) if failed < 5 => failed += 1,
+                                Err(error) => panic!("no answer after {failed} tries: {error}"),
+                            }
+                        }
+                    }
                 })
                 .buffer_unordered(16)
                 .collect()
                 .await;
+            let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+            let transport_failures: usize = answers.iter().map(|(_, failed)| failed).sum();
             let restored_at = Some(Instant::now());
             let refused = statuses.iter().filter(|s| **s == 401).count();
             let metrics = http
@@ -304,11 +330,15 @@ async fn row_45_forged_flood() {
             )
             .unwrap_or(0.0) as usize;
             assert_eq!(refused, FORGED, "every forged callback refused");
-            assert_eq!(counted, FORGED, "counted exactly in the metrics");
+            // Exact, save for answers lost on a failed connection after the relay counted them.
+            assert!(
+                (FORGED..=FORGED + transport_failures).contains(&counted),
+                "{counted} counted for {FORGED} refusals ({transport_failures} resent)"
+            );
             FaultOutcome {
                 restored_at,
                 note: format!(
-                    "{FORGED} forged callbacks during the load: {refused} answered 401, {counted} counted in relay_callbacks_total"
+                    "{FORGED} forged callbacks during the load: {refused} answered 401, {counted} counted in relay_callbacks_total ({transport_failures} resent after a failed connection)"
                 ),
                 ..FaultOutcome::default()
             }

@@ -1,4 +1,5 @@
-//! Test support: fault injection and private broker nodes.
+//! Test support: fault injection, private broker nodes and private PostgreSQL clusters.
 
 pub mod private_broker;
+pub mod private_postgres;
 pub mod proxy;

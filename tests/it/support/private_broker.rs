@@ -43,15 +43,38 @@ pub struct PrivateBroker {
     /// Environment for `rabbitmq-server` and `rabbitmqctl`: the same `HOME` (Erlang cookie)
     /// and node settings for both.
     env: Vec<(&'static str, OsString)>,
+    /// An amqps listener: its port and the PEM files it serves.
+    tls: Option<(u16, TlsFiles)>,
+}
+
+/// PEM texts of an amqps listener: the CA, the server certificate and its key.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
 }
 
 impl PrivateBroker {
     /// Boots a fresh node in a fresh temp dir on free ports and waits until it accepts AMQP
     /// connections. Panics with the reason (and the node's log tail) on failure.
     pub async fn start() -> PrivateBroker {
+        Self::start_with(None).await
+    }
+
+    /// The same with an amqps listener on a port of its own besides the plain one.
+    pub async fn start_with_tls(tls: TlsFiles) -> PrivateBroker {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<TlsFiles>) -> PrivateBroker {
         let mut failures = Vec::new();
         for _ in 0..BOOT_ATTEMPTS {
-            let broker = PrivateBroker::prepare();
+            let mut broker = PrivateBroker::prepare();
+            if let Some(files) = &tls {
+                let [port, _] = reserve_free_ports();
+                broker.tls = Some((port, files.clone()));
+            }
             match broker.boot().await {
                 Ok(()) => return broker,
                 // Dropping `broker` stops whatever part of the node came up.
@@ -70,6 +93,12 @@ impl PrivateBroker {
     }
 
     /// The AMQP port.
+    /// `amqps://guest:guest@127.0.0.1:PORT/%2f` of the TLS listener (started with TLS only).
+    pub fn amqps_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("a node started with TLS");
+        format!("amqps://guest:guest@127.0.0.1:{port}/%2f")
+    }
+
     pub fn port(&self) -> u16 {
         self.amqp_port
     }
@@ -161,6 +190,7 @@ impl PrivateBroker {
             dist_port,
             dir,
             env,
+            tls: None,
         }
     }
 
@@ -174,6 +204,9 @@ impl PrivateBroker {
         }
         let plugins = self.dir.join("enabled_plugins");
         std::fs::write(&plugins, "[].\n").map_err(|err| format!("write {plugins:?}: {err}"))?;
+        if let Some((port, files)) = &self.tls {
+            self.write_tls_config(*port, files)?;
+        }
         self.launch().await
     }
 
@@ -232,6 +265,25 @@ impl PrivateBroker {
     }
 
     /// Starts `rabbitmq-server -detached` on the prepared directory and waits for the app.
+    /// The node reads `rabbitmq.conf` from `RABBITMQ_CONFIG_FILE` (its dir, `.conf` added).
+    fn write_tls_config(&self, port: u16, files: &TlsFiles) -> Result<(), String> {
+        let write = |name: &str, text: &str| {
+            let path = self.dir.join(name);
+            std::fs::write(&path, text).map_err(|err| format!("write {path:?}: {err}"))?;
+            Ok::<_, String>(path)
+        };
+        let ca = write("ca.pem", &files.ca)?;
+        let cert = write("server.pem", &files.cert)?;
+        let key = write("server.key", &files.key)?;
+        let conf = format!(
+            "listeners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        );
+        write("rabbitmq.conf", &conf).map(|_| ())
+    }
+
     async fn launch(&self) -> Result<(), String> {
         // The detached node inherits stdout/stderr; files instead of pipes keep it from
         // holding the test's pipes open (which would make cargo test hang).

@@ -1,0 +1,43 @@
+//! Opening a broker connection the way every part of the relay does: the configured heartbeat, and
+//! for `amqps://` TLS (rustls) verified against the system's roots plus `amqp.tls_ca_file`.
+
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
+use secrecy::ExposeSecret;
+
+use super::publisher::with_heartbeat;
+use crate::config::AmqpSettings;
+
+/// Reads a PEM file of CA certificates; the error says what is wrong with it, never its content.
+pub fn read_ca_file(path: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path).map_err(|error| format!("{path}: {error}"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{path}: no PEM certificate (BEGIN CERTIFICATE) in it"
+        ));
+    }
+    Ok(pem)
+}
+
+/// Connects to `amqp.url` with the configured heartbeat (an `amqps://` URL over TLS).
+pub async fn connect(
+    amqp: &AmqpSettings,
+    properties: ConnectionProperties,
+) -> Result<Connection, lapin::Error> {
+    let uri = with_heartbeat(amqp.url.expose_secret(), amqp.heartbeat_s);
+    if amqp.tls_ca_file.is_empty() {
+        return Connection::connect(&uri, properties).await;
+    }
+    // Read at each connect, so a renewed CA file is picked up by the next reconnect.
+    let pem = read_ca_file(&amqp.tls_ca_file).map_err(std::io::Error::other)?;
+    let tls = OwnedTLSConfig {
+        cert_chain: Some(pem),
+        ..OwnedTLSConfig::default()
+    };
+    DefaultConnectionBuilder::new()?
+        .with_uri_str(uri)
+        .with_properties(properties)
+        .with_tls_config(tls)
+        .connect()
+        .await
+}
