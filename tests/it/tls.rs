@@ -179,3 +179,146 @@ async fn the_mirror_reaches_a_tls_only_postgresql_verified_with_sslrootcert() {
     let _ = std::fs::remove_file(ca);
     let _ = std::fs::remove_file(wrong_ca);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_consumes_over_amqps_and_writes_to_a_tls_only_postgresql() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use secrecy::SecretString;
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio_util::sync::CancellationToken;
+    use weiling_relay::demo::scenario::{TestApp, relay_env};
+    use weiling_relay::entity::Entity;
+    use weiling_relay::mirror::db::Target;
+    use weiling_relay::mirror::stats::Stats;
+    use weiling_relay::mirror::{self, MirrorOptions};
+    use weiling_relay::publish::record::{self, Op, Record};
+    use weiling_relay::window::coalescer::IdSource;
+
+    let (broker_pki, pg_pki) = (pki("amqps"), pki("postgres"));
+    let broker = PrivateBroker::start_with_tls(broker_pki.files.clone()).await;
+    let pg = crate::support::private_postgres::PrivatePostgres::start_tls_only(&pg_pki.files);
+    let (broker_ca, pg_ca) = (
+        write_temp("broker-ca", &broker_pki.ca),
+        write_temp("pg-ca", &pg_pki.ca),
+    );
+    let prefix = unique("tls-mirror");
+    let app = TestApp::generate(&prefix.replace('-', ""));
+    let mut env = relay_env(&prefix, &broker.amqps_url(), "http://127.0.0.1:9", &app);
+    env.insert("WEILING_RELAY__AMQP__TLS_CA_FILE".into(), broker_ca.clone());
+    let settings = Settings::load(None, &env).unwrap();
+    let database_url = format!("{}?sslmode=verify-full&sslrootcert={pg_ca}", pg.url());
+    let options = MirrorOptions {
+        database_url: SecretString::from(database_url.clone()),
+        queue: format!("{prefix}.mirror"),
+        prefetch: 50,
+        schema: Some("tls_mirror".into()),
+    };
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let (options, settings, stop) = (options.clone(), settings.clone(), stop.clone());
+        async move { mirror::run(&options, &settings, stop, Arc::new(Stats::default())).await }
+    });
+
+    // A record published (over the node's plain listener) once the mirror's queue exists.
+    let connection =
+        lapin::Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = connection.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if probe
+            .queue_declare(
+                options.queue.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never declared its queue over amqps"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state = serde_json::json!({"customer_id": "cust-tls", "name": "加密"});
+    let raw = serde_json::value::to_raw_value(&state).unwrap();
+    let source = IdSource {
+        events: 1,
+        event_types: BTreeSet::from(["add_customer".to_owned()]),
+        first_event_at_ms: 1,
+        deliveries: Vec::new(),
+    };
+    let message = record::message(
+        &settings.amqp.customers_exchange,
+        &Record {
+            entity: Entity::Customer,
+            app_id: &app.app_id,
+            id: "cust-tls",
+            op: Op::Upsert,
+            record: Some(&raw),
+            source: &source,
+            fetched_at_ms: 2,
+        },
+        None,
+    );
+    channel
+        .basic_publish(
+            message.exchange.as_str().into(),
+            message.routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            &message.body,
+            message.properties.clone(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // The row arrives in the TLS-only database.
+    let db = Target::new(&SecretString::from(database_url), Some("tls_mirror"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let name: String = loop {
+        let row = db
+            .client
+            .query_opt(
+                "SELECT name FROM mirror_customers WHERE customer_id = 'cust-tls'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record never reached the mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(name, "加密");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
+    let _ = connection.close(200, "done".into()).await;
+    let _ = std::fs::remove_file(broker_ca);
+    let _ = std::fs::remove_file(pg_ca);
+}
