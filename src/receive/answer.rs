@@ -20,6 +20,9 @@ pub enum CallbackError {
     UnsupportedMedia,
     #[error(transparent)]
     Body(#[from] BodyError),
+    /// The body was still arriving when every place was needed: shed for a newer callback.
+    #[error("shed while its body was still arriving")]
+    Shed { retry_after_s: u64 },
     #[error("too many callbacks in flight")]
     TooManyInFlight { retry_after_s: u64 },
     #[error("not durable: {source}")]
@@ -46,7 +49,7 @@ impl CallbackError {
             Self::UnsupportedMedia => "unsupported_media",
             Self::Body(BodyError::TooLarge) => "body_too_large",
             Self::Body(BodyError::TimedOut) => "body_timeout",
-            Self::Body(BodyError::Cut) => "body_cut",
+            Self::Body(BodyError::Cut) | Self::Shed { .. } => "body_cut",
             Self::Body(BodyError::Broken) => "body_broken",
             Self::TooManyInFlight { .. } => "too_many_in_flight",
             Self::NotDurable { .. } => "broker_unavailable",
@@ -64,7 +67,8 @@ impl CallbackError {
             | Self::BudgetExceeded { retry_after_s }
             | Self::StoreAborted { retry_after_s }
             | Self::DuplicateNotStored { retry_after_s }
-            | Self::Draining { retry_after_s } => Some(*retry_after_s),
+            | Self::Draining { retry_after_s }
+            | Self::Shed { retry_after_s } => Some(*retry_after_s),
             Self::Rejected(_) | Self::UnsupportedMedia | Self::Body(_) => None,
         }
     }
@@ -77,7 +81,9 @@ impl ResponseError for CallbackError {
             Self::Rejected(Rejection::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Body(BodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Body(BodyError::TimedOut | BodyError::Cut) => StatusCode::REQUEST_TIMEOUT,
+            Self::Body(BodyError::TimedOut) => StatusCode::REQUEST_TIMEOUT,
+            // Shed for a newer callback: the relay is at capacity, the sender should come back.
+            Self::Body(BodyError::Cut) | Self::Shed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Body(BodyError::Broken) => StatusCode::BAD_REQUEST,
             Self::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotDurable { .. }
@@ -97,7 +103,7 @@ impl ResponseError for CallbackError {
         }
         // The rest of an unread body would otherwise be drained to keep the connection: a stalled
         // or oversized sender gets the connection closed instead.
-        if matches!(self, Self::Body(_)) {
+        if matches!(self, Self::Body(_) | Self::Shed { .. }) {
             response.force_close();
         }
         response.body(

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::web::{self, Bytes, BytesMut};
 use futures::StreamExt;
@@ -18,6 +18,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerSettings;
+
+/// Only a body unfinished for this long can be cut for a newer callback. A real one arrives in
+/// milliseconds even in a burst; a younger body keeps its place and the newcomer is answered 429.
+pub const CUT_AFTER: Duration = Duration::from_millis(100);
 
 /// Why a body was not read in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -44,15 +48,27 @@ pub struct BodyGate {
 #[derive(Default)]
 struct Reading {
     next: u64,
-    open: BTreeMap<u64, (OwnedSemaphorePermit, CancellationToken)>,
+    open: BTreeMap<u64, Open>,
+}
+
+/// A body being read: its permit, how to cut it, and since when.
+struct Open {
+    permit: OwnedSemaphorePermit,
+    cut: CancellationToken,
+    since: Instant,
 }
 
 impl Reading {
-    /// Cuts the oldest unfinished body (its reader answers 408) and hands over its permit.
+    /// Cuts the oldest unfinished body and hands over its permit, if it has been arriving for
+    /// [`CUT_AFTER`] at least: a younger one may be a real body split over a few packets.
     fn cut_oldest(&mut self) -> Option<OwnedSemaphorePermit> {
-        let (permit, cut) = self.open.pop_first()?.1;
-        cut.cancel();
-        Some(permit)
+        let oldest = self.open.first_entry()?;
+        if oldest.get().since.elapsed() < CUT_AFTER {
+            return None;
+        }
+        let open = oldest.remove();
+        open.cut.cancel();
+        Some(open.permit)
     }
 }
 
@@ -101,7 +117,14 @@ impl BodyGate {
         let cut = CancellationToken::new();
         let seq = reading.next;
         reading.next += 1;
-        reading.open.insert(seq, (permit, cut.clone()));
+        reading.open.insert(
+            seq,
+            Open {
+                permit,
+                cut: cut.clone(),
+                since: Instant::now(),
+            },
+        );
         drop(reading);
         Some(ReadSlot {
             gate: self.clone(),
@@ -169,7 +192,7 @@ impl ReadSlot {
             .lock()
             .open
             .remove(&self.seq)
-            .map(|(permit, _)| permit)
+            .map(|open| open.permit)
     }
 }
 
@@ -222,6 +245,11 @@ mod tests {
         let first = gate.enter().unwrap();
         let second = gate.enter().unwrap();
         assert_eq!(gate.reading(), 2);
+        assert!(
+            gate.enter().is_none(),
+            "bodies still arriving are not cut: 429"
+        );
+        std::thread::sleep(CUT_AFTER);
         let third = gate.enter().unwrap();
         assert!(first.cut.is_cancelled(), "the oldest is cut");
         assert!(!second.cut.is_cancelled() && !third.cut.is_cancelled());
@@ -238,6 +266,7 @@ mod tests {
         let gate = BodyGate::with(10, 2);
         let first = gate.enter().unwrap();
         let _second = gate.enter().unwrap();
+        std::thread::sleep(CUT_AFTER);
         let _third = gate.enter().unwrap();
         assert!(first.cut.is_cancelled());
         assert_eq!(gate.reading(), 2);

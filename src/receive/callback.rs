@@ -103,7 +103,13 @@ async fn receive(
     let Some(payload) = payload.take() else {
         return Err(CallbackError::Body(BodyError::Broken));
     };
-    let (body, _permit) = slot.read(payload, content_length).await?;
+    let (body, _permit) =
+        slot.read(payload, content_length)
+            .await
+            .map_err(|error| match error {
+                BodyError::Cut => CallbackError::Shed { retry_after_s },
+                other => CallbackError::Body(other),
+            })?;
     // The answer budget covers verifying and storing: how fast the sender delivers its body is
     // bounded by `body_timeout_ms` instead.
     let started = Instant::now();

@@ -162,12 +162,17 @@ async fn two_thousand_stalled_bodies_cannot_lock_out_real_callbacks() {
         .filter_map(|s| s.closed_after)
         .max()
         .unwrap_or_default();
+    // 408 at the body deadline, or 503 when shed for a newer callback.
     let answered_408 = stallers
         .iter()
-        .filter(|s| s.status.as_deref().is_some_and(|l| l.contains(" 408 ")))
+        .filter(|s| {
+            s.status
+                .as_deref()
+                .is_some_and(|l| l.contains(" 408 ") || l.contains(" 503 "))
+        })
         .count();
     eprintln!(
-        "{STALLED} stalled senders over {:.1} s: {answered_408} answered 408, longest open {} ms after stalling, {never_closed} never closed; {} of {} real callbacks answered success, slowest {} ms; relay peak RSS {peak_mb:.1} MB (idle {idle_mb:.1} MB)",
+        "{STALLED} stalled senders over {:.1} s: {answered_408} answered 408 or 503, longest open {} ms after stalling, {never_closed} never closed; {} of {} real callbacks answered success, slowest {} ms; relay peak RSS {peak_mb:.1} MB (idle {idle_mb:.1} MB)",
         attack.as_secs_f64(),
         longest_open.as_millis(),
         answered.len(),
@@ -185,7 +190,10 @@ async fn two_thousand_stalled_bodies_cannot_lock_out_real_callbacks() {
         longest_open <= body_timeout + Duration::from_millis(500),
         "a stalled connection stayed open {longest_open:?}, body deadline {body_timeout:?}"
     );
-    assert_eq!(answered_408, STALLED, "each stalled sender is told 408");
+    assert_eq!(
+        answered_408, STALLED,
+        "each stalled sender is told 408 or 503"
+    );
     assert!(peak_mb < 150.0, "relay RSS reached {peak_mb:.1} MB");
     drop(relay);
     rig.cleanup().await;
