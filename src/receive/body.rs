@@ -4,13 +4,14 @@
 //! The permit is taken before the first body byte is read, so memory held by bodies is bounded by
 //! `max_in_flight × max_body_bytes` however many connections are open. A sender that stalls in the
 //! middle of its body would then hold a permit until its deadline; when every permit is taken, a new
-//! callback cuts the oldest body still being read and takes its permit. A genuine callback's body
-//! arrives in milliseconds, so the oldest unfinished body is a stalled one, and stalled senders
-//! cannot lock genuine ones out.
+//! callback cuts the oldest body still being read (that sender is answered 503 + Retry-After) and
+//! takes its permit. A genuine callback's body arrives in milliseconds, so the oldest unfinished
+//! body is a stalled one, and stalled senders cannot lock genuine ones out. In a burst of genuine
+//! callbacks the one cut is simply refused like any other over capacity, and retried.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::web::{self, Bytes, BytesMut};
 use futures::StreamExt;
@@ -18,10 +19,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerSettings;
-
-/// Only a body unfinished for this long can be cut for a newer callback. A real one arrives in
-/// milliseconds even in a burst; a younger body keeps its place and the newcomer is answered 429.
-pub const CUT_AFTER: Duration = Duration::from_millis(100);
 
 /// Why a body was not read in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,22 +48,16 @@ struct Reading {
     open: BTreeMap<u64, Open>,
 }
 
-/// A body being read: its permit, how to cut it, and since when.
+/// A body being read: its permit, and how to cut it.
 struct Open {
     permit: OwnedSemaphorePermit,
     cut: CancellationToken,
-    since: Instant,
 }
 
 impl Reading {
-    /// Cuts the oldest unfinished body and hands over its permit, if it has been arriving for
-    /// [`CUT_AFTER`] at least: a younger one may be a real body split over a few packets.
+    /// Cuts the oldest unfinished body (its sender is answered 503) and hands over its permit.
     fn cut_oldest(&mut self) -> Option<OwnedSemaphorePermit> {
-        let oldest = self.open.first_entry()?;
-        if oldest.get().since.elapsed() < CUT_AFTER {
-            return None;
-        }
-        let open = oldest.remove();
+        let open = self.open.pop_first()?.1;
         open.cut.cancel();
         Some(open.permit)
     }
@@ -122,7 +113,6 @@ impl BodyGate {
             Open {
                 permit,
                 cut: cut.clone(),
-                since: Instant::now(),
             },
         );
         drop(reading);
@@ -245,11 +235,6 @@ mod tests {
         let first = gate.enter().unwrap();
         let second = gate.enter().unwrap();
         assert_eq!(gate.reading(), 2);
-        assert!(
-            gate.enter().is_none(),
-            "bodies still arriving are not cut: 429"
-        );
-        std::thread::sleep(CUT_AFTER);
         let third = gate.enter().unwrap();
         assert!(first.cut.is_cancelled(), "the oldest is cut");
         assert!(!second.cut.is_cancelled() && !third.cut.is_cancelled());
@@ -266,7 +251,6 @@ mod tests {
         let gate = BodyGate::with(10, 2);
         let first = gate.enter().unwrap();
         let _second = gate.enter().unwrap();
-        std::thread::sleep(CUT_AFTER);
         let _third = gate.enter().unwrap();
         assert!(first.cut.is_cancelled());
         assert_eq!(gate.reading(), 2);

@@ -155,6 +155,10 @@ async fn two_thousand_stalled_bodies_cannot_lock_out_real_callbacks() {
     let peak_mb = peak_rss_kb.load(Ordering::Relaxed) as f64 / 1024.0;
 
     let answered: Vec<_> = valid.iter().filter(|d| d.outcome == Outcome::Ok).collect();
+    let mut refusals = std::collections::BTreeMap::new();
+    for delivery in valid.iter().filter(|d| d.outcome != Outcome::Ok) {
+        *refusals.entry(delivery.last_status).or_insert(0) += 1;
+    }
     let slowest = valid.iter().map(|d| d.latency).max().unwrap_or_default();
     let never_closed = stallers.iter().filter(|s| s.closed_after.is_none()).count();
     let longest_open = stallers
@@ -172,7 +176,7 @@ async fn two_thousand_stalled_bodies_cannot_lock_out_real_callbacks() {
         })
         .count();
     eprintln!(
-        "{STALLED} stalled senders over {:.1} s: {answered_408} answered 408 or 503, longest open {} ms after stalling, {never_closed} never closed; {} of {} real callbacks answered success, slowest {} ms; relay peak RSS {peak_mb:.1} MB (idle {idle_mb:.1} MB)",
+        "{STALLED} stalled senders over {:.1} s: {answered_408} answered 408 or 503, longest open {} ms after stalling, {never_closed} never closed; {} of {} real callbacks answered success (others: {refusals:?}), slowest {} ms; relay peak RSS {peak_mb:.1} MB (idle {idle_mb:.1} MB)",
         attack.as_secs_f64(),
         longest_open.as_millis(),
         answered.len(),

@@ -354,10 +354,10 @@ async fn row_45_forged_flood() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_46_one_tenant_rate_limited() {
-    // A small share, so the limited app's deliveries overflow it and go round the retry queue.
-    let mut options = RigOptions::on(SHARED_BROKER)
-        .set("WEILING_RELAY__AMQP__MAX_UNACKED_PER_APP", 50)
-        .set("WEILING_RELAY__AMQP__RETRY_DELAY_MS", 1000);
+    // The default share (300); the limited app sends more than that, so its deliveries overflow it
+    // and go round the retry queue, which returns them after 1 s.
+    let mut options =
+        RigOptions::on(SHARED_BROKER).set("WEILING_RELAY__AMQP__RETRY_DELAY_MS", 1000);
     options.second_app = true;
     run_row(
         46,
@@ -374,22 +374,22 @@ async fn row_46_one_tenant_rate_limited() {
                 std::sync::Arc::new(other.keys().unwrap()),
                 weiling_relay::simulator::RetryPolicy::default(),
             );
-            // The other app's every call is answered 1009 while it sends 40 callbacks/s about
-            // customers of its own, during the load of the app the ledger judges.
+            // The other app's every call is answered 1009 while it sends 600 callbacks about
+            // customers of its own (16 at a time), during the load of the app the ledger judges.
             rig.sim.set_app_rate_limited(&other.app_id, true);
             rig.progress_at_least(50).await;
-            let mut ids = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(25));
-            for _ in 0..240 {
-                tick.tick().await;
-                let id = new_customer_id();
-                let record = rig.sim.create_customer(&other.app_id, &id);
-                let sent = driver
-                    .send(&events::add_customer(&record).to_json(&other.app_id))
-                    .await;
-                assert_eq!(sent.outcome, weiling_relay::simulator::Outcome::Ok);
-                ids.push(id);
-            }
+            let ids: Vec<String> = (0..600).map(|_| new_customer_id()).collect();
+            futures::stream::iter(&ids)
+                .for_each_concurrent(16, |id| {
+                    let record = rig.sim.create_customer(&other.app_id, id);
+                    let driver = &driver;
+                    let app_id = &other.app_id;
+                    async move {
+                        let sent = driver.send(&events::add_customer(&record).to_json(app_id)).await;
+                        assert_eq!(sent.outcome, weiling_relay::simulator::Outcome::Ok);
+                    }
+                })
+                .await;
             let waiting = retry_depth(&rig).await;
             rig.sim.set_app_rate_limited(&other.app_id, false);
             let restored_at = Some(Instant::now());
@@ -409,7 +409,7 @@ async fn row_46_one_tenant_rate_limited() {
             FaultOutcome {
                 restored_at,
                 note: format!(
-                    "a second app answered 1009 for {} callbacks (6 s) during the load, every app's unacked share 50: {waiting} deliveries in the retry queue when the limit was lifted (the busy load's app overflowed its small share too); the load's app lost nothing; after the limit all {} of its customers were published",
+                    "a second app answered 1009 while it sent {} callbacks during the load, each app's unacked share 300: {waiting} of its deliveries in the retry queue when the limit was lifted; the load's app lost nothing; after the limit all {} of its customers were published",
                     ids.len(),
                     published.len()
                 ),
