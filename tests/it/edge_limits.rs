@@ -21,6 +21,15 @@ pub(crate) struct Stalled {
     pub status: Option<String>,
 }
 
+impl Stalled {
+    /// Told to go away: 408 at the body deadline, or 503 when shed for a newer callback.
+    pub fn was_refused(&self) -> bool {
+        self.status
+            .as_deref()
+            .is_some_and(|line| line.contains(" 408 ") || line.contains(" 503 "))
+    }
+}
+
 /// Sends a request head announcing `declared` body bytes and `sent` of them, then waits (up to
 /// `give_up`) for the relay to answer and close.
 pub(crate) async fn stall(
@@ -166,15 +175,7 @@ async fn two_thousand_stalled_bodies_cannot_lock_out_real_callbacks() {
         .filter_map(|s| s.closed_after)
         .max()
         .unwrap_or_default();
-    // 408 at the body deadline, or 503 when shed for a newer callback.
-    let answered_408 = stallers
-        .iter()
-        .filter(|s| {
-            s.status
-                .as_deref()
-                .is_some_and(|l| l.contains(" 408 ") || l.contains(" 503 "))
-        })
-        .count();
+    let answered_408 = stallers.iter().filter(|s| s.was_refused()).count();
     eprintln!(
         "{STALLED} stalled senders over {:.1} s: {answered_408} answered 408 or 503, longest open {} ms after stalling, {never_closed} never closed; {} of {} real callbacks answered success (others: {refusals:?}), slowest {} ms; relay peak RSS {peak_mb:.1} MB (idle {idle_mb:.1} MB)",
         attack.as_secs_f64(),

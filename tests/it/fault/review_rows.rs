@@ -130,15 +130,7 @@ async fn row_42_stalled_bodies() {
                 .collect()
                 .await;
             let restored_at = Some(Instant::now());
-            // 408 at the body deadline, or 503 when shed for a newer callback.
-            let told_408 = stalled
-                .iter()
-                .filter(|s| {
-                    s.status
-                        .as_deref()
-                        .is_some_and(|l| l.contains(" 408 ") || l.contains(" 503 "))
-                })
-                .count();
+            let told_408 = stalled.iter().filter(|s| s.was_refused()).count();
             let longest = stalled
                 .iter()
                 .map(|s| s.closed_after.unwrap_or(Duration::MAX))
