@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use weiling_relay::verify::ReplayKey;
-use weiling_relay::verify::replay::{Admission, ReplayCache};
+use relay::verify::ReplayKey;
+use relay::verify::replay::{Admission, ReplayCache};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;

@@ -5,9 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weiling_relay::app::Relay;
-use weiling_relay::config::Settings;
-use weiling_relay::{bench, demo, mirror, ops, simulator, telemetry};
+use relay::app::Relay;
+use relay::config::Settings;
+use relay::{ops, telemetry};
+use relay_bench as bench;
+use relay_demo as demo;
+use relay_mirror as mirror;
+use weiling_sim as simulator;
 
 #[derive(Parser)]
 #[command(

@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    weiling_relay::verify::fuzzing::callback_path(data);
+    relay::verify::fuzzing::callback_path(data);
 });

@@ -244,8 +244,8 @@ async fn a_stalled_link_gets_503_at_the_budget_and_extra_callbacks_get_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_changes() {
     use std::collections::HashMap;
-    use weiling_relay::simulator::events::{self, CustomerChange};
-    use weiling_relay::simulator::{Outcome, revision};
+    use weiling_sim::events::{self, CustomerChange};
+    use weiling_sim::{Outcome, revision};
 
     use crate::process::{ProcessRig, RelayProcess};
 
@@ -256,13 +256,13 @@ async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_chan
         "500".into(),
     );
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let patient = rig.driver();
     // During the outage one attempt each: the sender's retries would only wait out Retry-After.
-    let impatient = weiling_relay::simulator::CallbackDriver::new(
+    let impatient = weiling_sim::CallbackDriver::new(
         &rig.base,
         rig.keys(),
-        weiling_relay::simulator::RetryPolicy {
+        weiling_sim::RetryPolicy {
             max_attempts: 1,
             ..Default::default()
         },

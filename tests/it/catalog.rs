@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use weiling_relay::entity::Entity;
-use weiling_relay::simulator::events::{CATALOG_EVENT_TYPES, CatalogIds, catalog_samples};
-use weiling_relay::simulator::{new_contact_id, new_customer_id};
+use relay::entity::Entity;
+use weiling_sim::events::{CATALOG_EVENT_TYPES, CatalogIds, catalog_samples};
+use weiling_sim::{new_contact_id, new_customer_id};
 
 use crate::process::{ProcessRig, RelayProcess};
 
@@ -15,7 +15,7 @@ use crate::process::{ProcessRig, RelayProcess};
 async fn every_catalog_event_is_acknowledged_and_only_the_mapped_ids_are_fetched() {
     let rig = ProcessRig::start("catalog").await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let app = rig.app_id.as_str();
     let (customer, contact) = (new_customer_id(), new_contact_id());
     rig.sim.create_customer(app, &customer);

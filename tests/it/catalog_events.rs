@@ -6,12 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
+use relay::entity::Entity;
 use serde_json::Value;
-use weiling_relay::entity::Entity;
-use weiling_relay::simulator::events::{
-    self, CatalogIds, CustomerChange, SimEvent, TagObject, TagObjectV2,
-};
-use weiling_relay::simulator::{new_contact_id, new_customer_id};
+use weiling_sim::events::{self, CatalogIds, CustomerChange, SimEvent, TagObject, TagObjectV2};
+use weiling_sim::{new_contact_id, new_customer_id};
 
 use crate::process::{ProcessRig, RelayProcess};
 
@@ -27,7 +25,7 @@ async fn enriched(name: &str, entity: Entity, about: impl Fn(&str, &Value) -> Ve
         )
         .await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let app = rig.app_id.as_str();
     let id = match entity {
         Entity::Customer => new_customer_id(),
@@ -195,7 +193,7 @@ async fn every_other_catalog_event_is_on_the_raw_stream_acked_and_nothing_is_enr
         )
         .await;
     let mut relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let ids = CatalogIds::new(&new_customer_id(), &new_contact_id());
     rig.sim
         .create(Entity::Customer, &rig.app_id, &ids.customer_id);

@@ -8,9 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
+use relay::entity::Entity;
 use serde_json::Value;
-use weiling_relay::entity::Entity;
-use weiling_relay::simulator::{Outcome, events, new_contact_id};
+use weiling_sim::{Outcome, events, new_contact_id};
 
 use crate::process::{ProcessRig, RelayProcess};
 
@@ -32,7 +32,7 @@ async fn contact_events_are_enriched_with_contact_batch_and_published_as_contact
         )
         .await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
 
     // 40 contacts, each added, then a third of them edited twice; 5 contact ids Weiling does not know;
     // and one customer whose id equals a contact's, which must stay a customer.

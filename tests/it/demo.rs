@@ -3,10 +3,10 @@
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use weiling_relay::demo::repair::ROTATED;
-use weiling_relay::demo::{self, DemoArgs};
-use weiling_relay::entity::Entity;
-use weiling_relay::mirror::apply::Outcome;
+use relay::entity::Entity;
+use relay_demo::DemoArgs;
+use relay_demo::repair::ROTATED;
+use relay_mirror::apply::Outcome;
 
 use crate::helpers::SHARED_BROKER;
 
@@ -24,7 +24,7 @@ fn args(database_url: &str) -> DemoArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_mirror_equals_the_simulator_row_by_row() {
-    let outcome = demo::execute(&args(DATABASE_URL)).await.unwrap();
+    let outcome = relay_demo::execute(&args(DATABASE_URL)).await.unwrap();
     let mirror = &outcome.mirror;
     assert!(outcome.report.ok(), "{:#?}", outcome.report);
     assert_eq!(mirror.differences, Vec::<String>::new(), "{mirror:#?}");
@@ -99,7 +99,8 @@ async fn the_demo_mirror_equals_the_simulator_row_by_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_names_an_unreachable_database_without_its_password() {
     // Nothing listens on port 1.
-    let Err(error) = demo::execute(&args("postgres://postgres:hunter2@127.0.0.1:1/test")).await
+    let Err(error) =
+        relay_demo::execute(&args("postgres://postgres:hunter2@127.0.0.1:1/test")).await
     else {
         panic!("the demo must fail without its PostgreSQL");
     };

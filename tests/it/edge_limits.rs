@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weiling_relay::simulator::events::history_add;
-use weiling_relay::simulator::{Outcome, RetryPolicy};
+use weiling_sim::events::history_add;
+use weiling_sim::{Outcome, RetryPolicy};
 
 use crate::helpers::SHARED_BROKER;
 use crate::process::{ProcessRig, RelayProcess};
@@ -97,7 +97,7 @@ async fn two_thousand_stalled_bodies_cannot_lock_out_real_callbacks() {
     const VALID_PER_S: u32 = 200;
     let rig = ProcessRig::start_with("stall", SHARED_BROKER, &[]).await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let server = &rig.settings.server;
     let (max_body, body_timeout) = (
         server.max_body_bytes,
@@ -138,7 +138,7 @@ async fn two_thousand_stalled_bodies_cannot_lock_out_real_callbacks() {
         })
         .buffer_unordered(STALLED)
         .collect::<Vec<Stalled>>();
-    let driver = weiling_relay::simulator::CallbackDriver::new(
+    let driver = weiling_sim::CallbackDriver::new(
         &rig.base,
         rig.keys(),
         RetryPolicy {

@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
+use relay::app::Relay;
+use relay::config::Settings;
+use relay::verify::AppKeys;
+use relay::verify::seal::{SealedCallback, seal_event};
+use relay_harness::scenario::{self, relay_env};
 use secrecy::SecretString;
-use weiling_relay::app::Relay;
-use weiling_relay::config::Settings;
-use weiling_relay::demo::scenario::{self, relay_env};
-use weiling_relay::verify::AppKeys;
-use weiling_relay::verify::seal::{SealedCallback, seal_event};
 
 pub const SHARED_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const TOKEN: &str = "TestTokenTestToken2024";
@@ -75,7 +75,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_with(options: Spawn) -> TestApp {
     // TEST_LOG=debug (or any filter) shows the relay's logs while debugging a test.
     if let Ok(filter) = std::env::var("TEST_LOG") {
-        weiling_relay::telemetry::init(Some(&filter));
+        relay::telemetry::init(Some(&filter));
     }
     let prefix = unique("relay");
     let app_id = format!("wloa{}", prefix.replace('-', ""));

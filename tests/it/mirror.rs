@@ -11,18 +11,18 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Confirmation};
 use rand::seq::SliceRandom;
+use relay::amqp::Outgoing;
+use relay::config::Settings;
+use relay::entity::Entity;
+use relay::publish::record::{self, Op, Record};
+use relay::window::coalescer::IdSource;
+use relay_harness::scenario::{self, relay_env};
+use relay_mirror::apply::Outcome;
+use relay_mirror::stats::{Counts, Stats};
+use relay_mirror::{MirrorError, MirrorOptions};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use weiling_relay::amqp::Outgoing;
-use weiling_relay::config::Settings;
-use weiling_relay::demo::scenario::{self, relay_env};
-use weiling_relay::entity::Entity;
-use weiling_relay::mirror::apply::Outcome;
-use weiling_relay::mirror::stats::{Counts, Stats};
-use weiling_relay::mirror::{self, MirrorError, MirrorOptions};
-use weiling_relay::publish::record::{self, Op, Record};
-use weiling_relay::window::coalescer::IdSource;
 
 use crate::helpers::{AES_KEY, SHARED_BROKER, TOKEN, unique};
 
@@ -50,7 +50,7 @@ impl Rig {
 
     async fn new_with(name: &str, extra_env: &[(&str, &str)]) -> Rig {
         if let Ok(filter) = std::env::var("TEST_LOG") {
-            weiling_relay::telemetry::init(Some(&filter));
+            relay::telemetry::init(Some(&filter));
         }
         let prefix = unique(name);
         let app_id = format!("wloa{}", prefix.replace('-', ""));
@@ -84,10 +84,10 @@ impl Rig {
             .await
             .unwrap();
         // The queue exists before anything is published, so no record is missed before the mirror starts.
-        weiling_relay::amqp::topology::declare(&channel, &settings.amqp)
+        relay::amqp::topology::declare(&channel, &settings.amqp)
             .await
             .unwrap();
-        mirror::consumer::declare_queue(&channel, &settings.amqp, &queue)
+        relay_mirror::consumer::declare_queue(&channel, &settings.amqp, &queue)
             .await
             .unwrap();
 
@@ -133,7 +133,7 @@ impl Rig {
         let task = tokio::spawn({
             let stop = stop.clone();
             let stats = stats.clone();
-            async move { mirror::run(&options, &settings, stop, stats).await }
+            async move { relay_mirror::run(&options, &settings, stop, stats).await }
         });
         Running { stop, stats, task }
     }

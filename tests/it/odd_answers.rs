@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::BasicGetOptions;
+use relay::entity::Entity;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use weiling_relay::entity::Entity;
-use weiling_relay::simulator::{Outcome, SimEvent, events, new_customer_id};
+use weiling_sim::{Outcome, SimEvent, events, new_customer_id};
 
 use crate::helpers::header_str;
 use crate::process::{ProcessRig, RelayProcess};
@@ -72,7 +72,7 @@ async fn await_letters(
 async fn code_0_without_a_customer_list_is_retried_then_parked_never_published_missing() {
     let rig = ProcessRig::start("nolist").await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     rig.sim.set_answer_without_list(true);
 
     let ids: Vec<String> = (0..3).map(|_| new_customer_id()).collect();
@@ -100,7 +100,7 @@ async fn code_0_without_a_customer_list_is_retried_then_parked_never_published_m
 async fn an_id_echoed_back_as_a_number_is_the_customer_the_event_named() {
     let rig = ProcessRig::start("numeric").await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     rig.sim.set_numeric_ids(true);
 
     let ids: Vec<String> = (0..5)
@@ -129,7 +129,7 @@ async fn an_id_echoed_back_as_a_number_is_the_customer_the_event_named() {
 async fn a_batch_refused_with_3000_is_split_until_the_unknown_ids_stand_alone() {
     let rig = ProcessRig::start("refused3000").await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     rig.sim.set_unknown_ids_refused_with(Some(3000));
 
     let known: Vec<String> = (0..30).map(|_| new_customer_id()).collect();
@@ -178,7 +178,7 @@ async fn one_poisoned_id_among_99_good_ones_parks_only_its_own_event_naming_it()
     env.insert("WEILING_RELAY__WINDOW__QUIET_MS".into(), "5000".into());
     env.insert("WEILING_RELAY__WINDOW__MAX_WAIT_MS".into(), "10000".into());
     let relay = RelayProcess::start(&env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
 
     let good: Vec<String> = (0..99).map(|_| new_customer_id()).collect();
     let poisoned = new_customer_id();
@@ -227,7 +227,7 @@ async fn one_poisoned_id_among_99_good_ones_parks_only_its_own_event_naming_it()
 async fn a_record_reaches_consumers_as_weilings_exact_bytes() {
     let rig = ProcessRig::start("bytes").await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
 
     let id = new_customer_id();
     // A field the relay has never heard of, nested objects, a float with more digits than f64 holds,

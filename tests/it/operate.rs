@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use relay::verify::AppKeys;
+use relay::verify::seal::{seal_ciphertext, seal_event};
+use relay_harness::scenario::{Scenario, ScenarioConfig};
 use secrecy::SecretString;
-use weiling_relay::demo::scenario::{Scenario, ScenarioConfig};
-use weiling_relay::simulator::events::{self, CustomerChange};
-use weiling_relay::simulator::{Outcome, revision};
-use weiling_relay::verify::AppKeys;
-use weiling_relay::verify::seal::{seal_ciphertext, seal_event};
+use weiling_sim::events::{self, CustomerChange};
+use weiling_sim::{Outcome, revision};
 
 use crate::helpers::{AES_KEY, OTHER_AES_KEY, SHARED_BROKER, TOKEN, now_s, unique};
 use crate::process::{ProcessRig, RelayProcess};
@@ -147,7 +147,7 @@ async fn logs_carry_no_secret_token_or_customer_field() {
     let log = std::env::temp_dir().join(format!("{}.log", unique("relay-log")));
     // Everything the relay itself logs, at its most verbose.
     let relay = RelayProcess::start_logged(&rig.env, log, "info,weiling_relay=trace,lapin=error");
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let driver = rig.driver();
 
     for i in 0..20 {
@@ -287,17 +287,17 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
         "10000".into(),
     );
     let mut relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
 
     // Load: several senders change customers and send callbacks until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
     let mut senders = Vec::new();
     for worker in 0..4 {
-        let driver = weiling_relay::simulator::CallbackDriver::new(
+        let driver = weiling_sim::CallbackDriver::new(
             &rig.base,
             rig.keys(),
-            weiling_relay::simulator::RetryPolicy {
+            weiling_sim::RetryPolicy {
                 max_attempts: 1,
                 ..Default::default()
             },
@@ -378,7 +378,7 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
 
     // Whatever was acknowledged is published, by the drain itself or by the next process.
     let restarted = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     // Later changes may have been refused (503) and so are unknown to the relay: the published state
     // must be at least as new as the last acknowledged one.
     let (lost, received) = rig
@@ -406,7 +406,7 @@ async fn a_flood_of_forged_callbacks_is_counted_exactly_and_logged_in_summaries(
     let log = std::env::temp_dir().join(format!("{}.log", unique("relay-flood")));
     // The default level an operator runs with.
     let relay = RelayProcess::start_logged(&rig.env, log, "info,lapin=error");
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let baseline = relay.logs().lines().count();
 
     let other = AppKeys::new(

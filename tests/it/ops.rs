@@ -12,15 +12,15 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use relay::entity::Entity;
+use relay::ops::dlq_replay::{self, Reason, ReplayOptions};
+use relay::ops::reconcile::{self, Plan, ProgressFile};
+use relay::verify::AppKeys;
+use relay::verify::seal::{SealedCallback, seal_ciphertext, seal_echostr, seal_event};
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use weiling_relay::entity::Entity;
-use weiling_relay::ops::dlq_replay::{self, Reason, ReplayOptions};
-use weiling_relay::ops::reconcile::{self, Plan, ProgressFile};
-use weiling_relay::simulator::{CallbackDriver, Outcome, RetryPolicy, events};
-use weiling_relay::verify::AppKeys;
-use weiling_relay::verify::seal::{SealedCallback, seal_ciphertext, seal_echostr, seal_event};
+use weiling_sim::{CallbackDriver, Outcome, RetryPolicy, events};
 
 use crate::helpers::*;
 use crate::process::{ProcessRig, RelayProcess};
@@ -427,7 +427,7 @@ async fn dead_letters_replayed_after_a_key_fix_come_back_as_events_and_their_cus
  {
     let rig = ProcessRig::start("dlqreplay").await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let dlq = rig.settings.amqp.dead_letter_queue.clone();
 
     // Weiling's side switched to a new EncodingAESKey; the relay still has only the old one.
@@ -733,9 +733,9 @@ async fn next_record(rig: &ProcessRig) -> Published {
 async fn a_state_reverted_after_a_reconcile_is_published_again_under_a_new_message_id() {
     let rig = ProcessRig::start("reverted").await;
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let app = rig.app_id.clone();
-    let id = weiling_relay::simulator::new_customer_id();
+    let id = weiling_sim::new_customer_id();
 
     // S1 published by the relay.
     let s1 = rig.sim.create_customer(&app, &id);

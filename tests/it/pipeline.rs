@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use weiling_relay::demo::scenario::{Scenario, ScenarioConfig, percentile};
-use weiling_relay::simulator::{Outcome, events};
+use relay_harness::scenario::{Scenario, ScenarioConfig, percentile};
+use weiling_sim::{Outcome, events};
 
 use crate::helpers::SHARED_BROKER;
 use crate::process::{ProcessRig, RelayProcess};
@@ -93,7 +93,7 @@ async fn a_relay_killed_with_ids_in_an_open_window_publishes_them_after_restart(
     rig.env
         .insert("WEILING_RELAY__WINDOW__MAX_WAIT_MS".into(), "60000".into());
     let mut relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let driver = rig.driver();
     let mut acknowledged = HashSet::new();
     for i in 0..60 {
@@ -124,7 +124,7 @@ async fn a_relay_killed_with_ids_in_an_open_window_publishes_them_after_restart(
     rig.env
         .insert("WEILING_RELAY__WINDOW__MAX_WAIT_MS".into(), "1000".into());
     let restarted = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
 
     let (lost, received) = rig
         .await_latest(&acknowledged, Duration::from_secs(30))
@@ -158,7 +158,7 @@ async fn records_no_queue_is_bound_for_are_kept_in_the_unrouted_queue() {
         .await
         .unwrap();
     let relay = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let record = rig.sim.create_customer(&rig.app_id, "cust-unrouted");
     let delivery = rig
         .driver()

@@ -102,12 +102,12 @@ pub fn free_port() -> u16 {
 /// A simulator, the env of a relay process pointed at it and the shared broker with unique names,
 /// and a checking queue bound to the customers exchange.
 pub struct ProcessRig {
-    pub sim: weiling_relay::simulator::Simulator,
+    pub sim: weiling_sim::Simulator,
     sim_server: actix_web::dev::ServerHandle,
     pub app_id: String,
     pub app_secret: String,
     pub env: HashMap<String, String>,
-    pub settings: weiling_relay::config::Settings,
+    pub settings: relay::config::Settings,
     pub base: String,
     pub connection: lapin::Connection,
     pub channel: lapin::Channel,
@@ -136,7 +136,7 @@ impl ProcessRig {
         use lapin::options::{QueueBindOptions, QueueDeclareOptions};
         use lapin::types::FieldTable;
 
-        let sim = weiling_relay::simulator::Simulator::new(Default::default());
+        let sim = weiling_sim::Simulator::new(Default::default());
         let app_id = format!("wloa{}", unique(name).replace('-', ""));
         let app_secret = format!("{name}-app-secret-value");
         sim.add_app(&app_id, &app_secret);
@@ -148,13 +148,13 @@ impl ProcessRig {
 
         let prefix = unique(name);
         let port = free_port();
-        let app = weiling_relay::demo::scenario::TestApp {
+        let app = relay_harness::scenario::TestApp {
             app_id: app_id.clone(),
             app_secret: app_secret.clone(),
             token: TOKEN.into(),
             encoding_aes_key: AES_KEY.into(),
         };
-        let mut env = weiling_relay::demo::scenario::relay_env(
+        let mut env = relay_harness::scenario::relay_env(
             &prefix,
             amqp_url,
             &format!("http://{sim_addr}"),
@@ -169,13 +169,13 @@ impl ProcessRig {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        let settings = weiling_relay::config::Settings::load(None, &env).unwrap();
+        let settings = relay::config::Settings::load(None, &env).unwrap();
         let connection =
             lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
                 .await
                 .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        weiling_relay::amqp::topology::declare(&channel, &settings.amqp)
+        relay::amqp::topology::declare(&channel, &settings.amqp)
             .await
             .unwrap();
         let check = format!("{prefix}.check");
@@ -224,10 +224,10 @@ impl ProcessRig {
         self.channel = self.connection.create_channel().await.unwrap();
     }
 
-    pub fn keys(&self) -> std::sync::Arc<weiling_relay::verify::AppKeys> {
+    pub fn keys(&self) -> std::sync::Arc<relay::verify::AppKeys> {
         use secrecy::SecretString;
         std::sync::Arc::new(
-            weiling_relay::verify::AppKeys::new(
+            relay::verify::AppKeys::new(
                 &self.app_id,
                 &SecretString::from(crate::helpers::TOKEN),
                 &SecretString::from(crate::helpers::AES_KEY),
@@ -237,11 +237,11 @@ impl ProcessRig {
         )
     }
 
-    pub fn driver(&self) -> weiling_relay::simulator::CallbackDriver {
-        weiling_relay::simulator::CallbackDriver::new(
+    pub fn driver(&self) -> weiling_sim::CallbackDriver {
+        weiling_sim::CallbackDriver::new(
             &self.base,
             self.keys(),
-            weiling_relay::simulator::RetryPolicy::default(),
+            weiling_sim::RetryPolicy::default(),
         )
     }
 
@@ -348,13 +348,13 @@ impl ProcessRig {
     }
 
     /// Sends every event one after the other; each must be acknowledged.
-    pub async fn send_all(&self, samples: &[weiling_relay::simulator::SimEvent]) {
+    pub async fn send_all(&self, samples: &[weiling_sim::SimEvent]) {
         let driver = self.driver();
         for sample in samples {
             let delivery = driver.send(&sample.to_json(&self.app_id)).await;
             assert_eq!(
                 delivery.outcome,
-                weiling_relay::simulator::Outcome::Ok,
+                weiling_sim::Outcome::Ok,
                 "{} {}",
                 sample.event_type,
                 sample.event
@@ -381,8 +381,7 @@ impl ProcessRig {
                 .queue_delete(queue.as_str().into(), Default::default())
                 .await;
         }
-        weiling_relay::demo::scenario::cleanup(&self.channel, &self.settings.amqp, &self.check)
-            .await;
+        relay_harness::scenario::cleanup(&self.channel, &self.settings.amqp, &self.check).await;
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }

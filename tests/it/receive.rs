@@ -1,9 +1,9 @@
 //! Every row of design.md §3 that needs no enrichment, each checked by its HTTP answer and by what
 //! is (or is not) in the inbox and dead-letter queues of the real broker.
 
+use relay::verify::AppKeys;
+use relay::verify::seal::{seal_ciphertext, seal_echostr, seal_event};
 use secrecy::SecretString;
-use weiling_relay::verify::AppKeys;
-use weiling_relay::verify::seal::{seal_ciphertext, seal_echostr, seal_event};
 
 use crate::helpers::*;
 

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use weiling_relay::simulator::events::{self, CustomerChange};
-use weiling_relay::simulator::{CallbackDriver, Outcome, RetryPolicy};
+use weiling_sim::events::{self, CustomerChange};
+use weiling_sim::{CallbackDriver, Outcome, RetryPolicy};
 
 use crate::helpers::{SHARED_BROKER, depth};
 use crate::process::{ProcessRig, RelayProcess, free_port};
@@ -37,7 +37,7 @@ async fn two_relays_on_four_quorum_partitions_lose_nothing_when_one_is_killed() 
     }
 
     let a = RelayProcess::start(&rig.env);
-    weiling_relay::demo::scenario::wait_ready(&rig.base).await;
+    relay_harness::scenario::wait_ready(&rig.base).await;
     let port_b = free_port();
     let mut env_b = rig.env.clone();
     env_b.insert(
@@ -46,7 +46,7 @@ async fn two_relays_on_four_quorum_partitions_lose_nothing_when_one_is_killed() 
     );
     let base_b = format!("http://127.0.0.1:{port_b}");
     let b = RelayProcess::start(&env_b);
-    weiling_relay::demo::scenario::wait_ready(&base_b).await;
+    relay_harness::scenario::wait_ready(&base_b).await;
     // The simulator tells the processes apart by the instance tag in their User-Agent.
     let agent_a = format!("({})", rig.base.trim_start_matches("http://"));
     let agent_b = format!("({})", base_b.trim_start_matches("http://"));
@@ -118,7 +118,7 @@ async fn two_relays_on_four_quorum_partitions_lose_nothing_when_one_is_killed() 
     let (lost, received) = rig.await_latest(&expected, Duration::from_secs(90)).await;
 
     let calls = rig.sim.batch_calls();
-    let by = |agent: &str, c: &weiling_relay::simulator::BatchCall| {
+    let by = |agent: &str, c: &weiling_sim::BatchCall| {
         c.user_agent
             .as_deref()
             .is_some_and(|ua| ua.ends_with(agent))

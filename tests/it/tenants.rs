@@ -9,11 +9,11 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use weiling_relay::app::Relay;
-use weiling_relay::config::Settings;
-use weiling_relay::demo::scenario::{self, TestApp};
-use weiling_relay::simulator::events;
-use weiling_relay::simulator::{CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id};
+use relay::app::Relay;
+use relay::config::Settings;
+use relay_harness::scenario::{self, TestApp};
+use weiling_sim::events;
+use weiling_sim::{CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id};
 
 use crate::helpers::{SHARED_BROKER, unique};
 
@@ -103,7 +103,7 @@ async fn one_tenant_rate_limited(
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    weiling_relay::amqp::topology::declare(&channel, &settings.amqp)
+    relay::amqp::topology::declare(&channel, &settings.amqp)
         .await
         .unwrap();
     let check = format!("{prefix}.check");

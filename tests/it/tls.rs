@@ -2,7 +2,7 @@
 //! test time (no private key is ever committed).
 
 use lapin::ConnectionProperties;
-use weiling_relay::config::Settings;
+use relay::config::Settings;
 
 use crate::helpers::{Spawn, spawn_with, unique};
 use crate::support::private_broker::{PrivateBroker, TlsFiles};
@@ -94,8 +94,7 @@ async fn a_broker_certificate_of_another_ca_is_refused_with_a_clear_error() {
     ]);
     let settings = Settings::load(None, &env).unwrap();
     let connected =
-        weiling_relay::amqp::connect::connect(&settings.amqp, ConnectionProperties::default())
-            .await;
+        relay::amqp::connect::connect(&settings.amqp, ConnectionProperties::default()).await;
     let Err(refused) = connected else {
         panic!("a certificate signed by another CA is refused")
     };
@@ -125,8 +124,8 @@ async fn a_broker_certificate_of_another_ca_is_refused_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mirror_reaches_a_tls_only_postgresql_verified_with_sslrootcert() {
+    use relay_mirror::db::Target;
     use secrecy::SecretString;
-    use weiling_relay::mirror::db::Target;
 
     let (pki, stranger) = (pki("postgres"), pki("stranger"));
     let pg = crate::support::private_postgres::PrivatePostgres::start_tls_only(&pki.files);
@@ -184,18 +183,18 @@ async fn the_mirror_reaches_a_tls_only_postgresql_verified_with_sslrootcert() {
 async fn the_mirror_consumes_over_amqps_and_writes_to_a_tls_only_postgresql() {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
+    use relay::entity::Entity;
+    use relay::publish::record::{self, Op, Record};
+    use relay::window::coalescer::IdSource;
+    use relay_harness::scenario::{TestApp, relay_env};
+    use relay_mirror::MirrorOptions;
+    use relay_mirror::db::Target;
+    use relay_mirror::stats::Stats;
     use secrecy::SecretString;
     use std::collections::BTreeSet;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     use tokio_util::sync::CancellationToken;
-    use weiling_relay::demo::scenario::{TestApp, relay_env};
-    use weiling_relay::entity::Entity;
-    use weiling_relay::mirror::db::Target;
-    use weiling_relay::mirror::stats::Stats;
-    use weiling_relay::mirror::{self, MirrorOptions};
-    use weiling_relay::publish::record::{self, Op, Record};
-    use weiling_relay::window::coalescer::IdSource;
 
     let (broker_pki, pg_pki) = (pki("amqps"), pki("postgres"));
     let broker = PrivateBroker::start_with_tls(broker_pki.files.clone()).await;
@@ -219,7 +218,7 @@ async fn the_mirror_consumes_over_amqps_and_writes_to_a_tls_only_postgresql() {
     let stop = CancellationToken::new();
     let running = tokio::spawn({
         let (options, settings, stop) = (options.clone(), settings.clone(), stop.clone());
-        async move { mirror::run(&options, &settings, stop, Arc::new(Stats::default())).await }
+        async move { relay_mirror::run(&options, &settings, stop, Arc::new(Stats::default())).await }
     });
 
     // A record published (over the node's plain listener) once the mirror's queue exists.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use weiling_relay::simulator::{BatchCall, NO_ENVELOPE, SimConfig};
+use weiling_sim::{BatchCall, NO_ENVELOPE, SimConfig};
 
 use super::edge_rows::{Probe, http, post_retrying, seal_at, unmapped};
 use crate::fault::{Dead, FaultOutcome, FaultRig, Load, RigOptions, run_row};

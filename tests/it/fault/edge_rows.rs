@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use relay::verify::AppKeys;
+use relay::verify::seal::{SealedCallback, seal_ciphertext, seal_echostr, seal_event};
 use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weiling_relay::simulator::events::{self, CustomerChange};
-use weiling_relay::simulator::new_customer_id;
-use weiling_relay::verify::AppKeys;
-use weiling_relay::verify::seal::{SealedCallback, seal_ciphertext, seal_echostr, seal_event};
+use weiling_sim::events::{self, CustomerChange};
+use weiling_sim::new_customer_id;
 
 use crate::fault::{Dead, FaultOutcome, FaultRig, Load, RigOptions, run_row};
 use crate::helpers::{OTHER_AES_KEY, SHARED_BROKER, nonce, now_s};

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde_json::Value;
-use weiling_relay::simulator::{Outcome, revision};
+use weiling_sim::{Outcome, revision};
 
 /// What one callback was about.
 #[derive(Debug, Clone)]

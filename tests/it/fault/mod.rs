@@ -25,15 +25,13 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use rand::Rng;
+use relay::app::Relay;
+use relay::config::Settings;
+use relay::verify::AppKeys;
+use relay_harness::scenario::{TestApp, relay_env, wait_ready, zipf};
 use serde_json::{Value, json};
-use weiling_relay::app::Relay;
-use weiling_relay::config::Settings;
-use weiling_relay::demo::scenario::{TestApp, relay_env, wait_ready, zipf};
-use weiling_relay::simulator::events::{self, CustomerChange};
-use weiling_relay::simulator::{
-    CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id, revision,
-};
-use weiling_relay::verify::AppKeys;
+use weiling_sim::events::{self, CustomerChange};
+use weiling_sim::{CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id, revision};
 
 use self::ledger::{Entry, Seen, Subject};
 use crate::helpers::unique;
@@ -395,7 +393,7 @@ impl FaultRig {
         self.stop_relay().await;
         self.sim_server.stop(false).await;
         let (connection, channel) = self.inspect().await;
-        weiling_relay::demo::scenario::cleanup(&channel, &self.settings.amqp, &self.check).await;
+        relay_harness::scenario::cleanup(&channel, &self.settings.amqp, &self.check).await;
         let _ = connection.close(200, "round done".into()).await;
     }
 }
@@ -789,10 +787,10 @@ impl Plan {
 async fn declare_check_queue(url: &str, settings: &Settings, queue: &str) {
     let connection = connect_retrying(url).await;
     let channel = connection.create_channel().await.unwrap();
-    weiling_relay::amqp::topology::declare(&channel, &settings.amqp)
+    relay::amqp::topology::declare(&channel, &settings.amqp)
         .await
         .unwrap();
-    weiling_relay::mirror::consumer::declare_queue(&channel, &settings.amqp, queue)
+    relay_mirror::consumer::declare_queue(&channel, &settings.amqp, queue)
         .await
         .unwrap();
     let _ = connection.close(200, "declared".into()).await;

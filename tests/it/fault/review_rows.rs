@@ -5,15 +5,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
+use relay::entity::Entity;
+use relay::ops::reconcile::{self, Plan};
+use relay::verify::AppKeys;
+use relay::verify::seal::{seal_ciphertext, seal_event};
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use weiling_relay::entity::Entity;
-use weiling_relay::ops::reconcile::{self, Plan};
-use weiling_relay::simulator::events::{self, CustomerChange};
-use weiling_relay::simulator::new_customer_id;
-use weiling_relay::verify::AppKeys;
-use weiling_relay::verify::seal::{seal_ciphertext, seal_event};
+use weiling_sim::events::{self, CustomerChange};
+use weiling_sim::new_customer_id;
 
 use super::edge_rows::{
     Probe, Tally, history_of_load_customer, http, paced, post, seal_at, unmapped,
@@ -361,10 +361,10 @@ async fn row_46_one_tenant_rate_limited() {
             let customers = rig.settings.amqp.customers_exchange.clone();
             let probe =
                 Probe::bind_to(&rig, &customers, &format!("customer.{}.#", other.app_id)).await;
-            let driver = weiling_relay::simulator::CallbackDriver::new(
+            let driver = weiling_sim::CallbackDriver::new(
                 &rig.base,
                 std::sync::Arc::new(other.keys().unwrap()),
-                weiling_relay::simulator::RetryPolicy::default(),
+                weiling_sim::RetryPolicy::default(),
             );
             // The other app's every call is answered 1009 while it sends 600 callbacks about
             // customers of its own (16 at a time), during the load of the app the ledger judges.
@@ -378,7 +378,7 @@ async fn row_46_one_tenant_rate_limited() {
                     let app_id = &other.app_id;
                     async move {
                         let sent = driver.send(&events::add_customer(&record).to_json(app_id)).await;
-                        assert_eq!(sent.outcome, weiling_relay::simulator::Outcome::Ok);
+                        assert_eq!(sent.outcome, weiling_sim::Outcome::Ok);
                     }
                 })
                 .await;
