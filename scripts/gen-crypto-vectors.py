@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate known-answer vectors for src/verify/cipher.rs and src/verify/signature.rs.
+"""Generate known-answer vectors for crates/weiling-proto/src/callback/cipher.rs and signature.rs.
 
 This is an independent implementation of the WeCom callback scheme (Python's
 `cryptography` + `hashlib`), so the Rust tests catch mistakes that a Rust-only

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::options::QueueDeleteOptions;
 use lapin::{Connection, ConnectionProperties};
 
-use crate::helpers::*;
+use crate::support::in_process::*;
 use crate::support::private_broker::PrivateBroker;
 use crate::support::proxy::{ChaosProxy, Mode};
 
@@ -27,7 +27,7 @@ fn assert_unavailable(answer: &Answer, what: &str) {
     );
 }
 
-async fn wait_status(app: &TestApp, path: &str, status: u16, within: Duration) {
+async fn wait_status(app: &InProcessRig, path: &str, status: u16, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     while app.get(path).await.status != status {
         assert!(
@@ -247,7 +247,7 @@ async fn the_pipeline_survives_a_broker_restart_without_losing_acknowledged_chan
     use weiling_sim::events::{self, CustomerChange};
     use weiling_sim::{Outcome, revision};
 
-    use crate::process::{ProcessRig, RelayProcess};
+    use crate::support::process::{ProcessRig, RelayProcess};
 
     let broker = PrivateBroker::start().await;
     let mut rig = ProcessRig::start_on("restart", &broker.amqp_url()).await;

@@ -9,7 +9,7 @@ use relay::entity::Entity;
 use weiling_sim::events::{CATALOG_EVENT_TYPES, CatalogIds, catalog_samples};
 use weiling_sim::{new_contact_id, new_customer_id};
 
-use crate::process::{ProcessRig, RelayProcess};
+use crate::support::process::{ProcessRig, RelayProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_catalog_event_is_acknowledged_and_only_the_mapped_ids_are_fetched() {

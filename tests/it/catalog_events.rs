@@ -11,7 +11,7 @@ use serde_json::Value;
 use weiling_sim::events::{self, CatalogIds, CustomerChange, SimEvent, TagObject, TagObjectV2};
 use weiling_sim::{new_contact_id, new_customer_id};
 
-use crate::process::{ProcessRig, RelayProcess};
+use crate::support::process::{ProcessRig, RelayProcess};
 
 /// Changes one customer or contact in Weiling, sends the events `about` builds for it, and waits for
 /// its latest state on the records exchange. Only that id is ever fetched.
@@ -243,7 +243,8 @@ async fn every_other_catalog_event_is_on_the_raw_stream_acked_and_nothing_is_enr
     relay.kill_9();
     let _ = relay.wait_exit(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let inbox = crate::helpers::depth(&rig.channel, &rig.settings.amqp.inbox_queue).await;
+    let inbox =
+        crate::support::in_process::depth(&rig.channel, &rig.settings.amqp.inbox_queue).await;
     assert_eq!(inbox, 0, "every raw-only event was acked");
     assert!(
         rig.sim.batch_calls().is_empty(),

@@ -12,7 +12,7 @@ use relay::entity::Entity;
 use serde_json::Value;
 use weiling_sim::{Outcome, events, new_contact_id};
 
-use crate::process::{ProcessRig, RelayProcess};
+use crate::support::process::{ProcessRig, RelayProcess};
 
 /// The latest record per contact id, with its op, read off a queue bound to `contact.#`.
 struct ContactRecord {

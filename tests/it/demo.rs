@@ -8,7 +8,7 @@ use relay_demo::DemoArgs;
 use relay_demo::repair::ROTATED;
 use relay_mirror::apply::Outcome;
 
-use crate::helpers::SHARED_BROKER;
+use crate::support::in_process::SHARED_BROKER;
 
 const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 

@@ -11,8 +11,8 @@ use tokio::net::TcpStream;
 use weiling_sim::events::history_add;
 use weiling_sim::{Outcome, RetryPolicy};
 
-use crate::helpers::SHARED_BROKER;
-use crate::process::{ProcessRig, RelayProcess};
+use crate::support::in_process::SHARED_BROKER;
+use crate::support::process::{ProcessRig, RelayProcess};
 
 /// What a stalled sender saw: how long after its last byte the relay closed the connection, and
 /// the status line it was sent first (none when closed without an answer).

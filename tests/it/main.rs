@@ -4,22 +4,31 @@
 // Test support code panics on purpose: a failed setup step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod broker_faults;
+// The harness: in-process and child-process rigs, fault proxies, private broker and PostgreSQL.
+mod support;
+
+// The HTTP edge: verification answers, limits, stalled bodies.
+mod edge_limits;
+mod receive;
+
+// The pipeline against the simulated Weiling: catalog events, contacts, odd answers, tenants, scale.
 mod catalog;
 mod catalog_events;
 mod contacts;
-mod demo;
-mod edge_limits;
-mod fault;
-mod helpers;
-mod mirror;
 mod odd_answers;
+mod pipeline;
+mod scale;
+mod tenants;
+
+// The broker: faults outside the matrix, TLS.
+mod broker_faults;
+mod tls;
+
+// The fault matrix of reliability.md (b), row by row.
+mod fault;
+
+// The tools around the service: demo, mirror, dlq replay, reconcile, operating the process.
+mod demo;
+mod mirror;
 mod operate;
 mod ops;
-mod pipeline;
-mod process;
-mod receive;
-mod scale;
-mod support;
-mod tenants;
-mod tls;

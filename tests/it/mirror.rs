@@ -14,8 +14,8 @@ use rand::seq::SliceRandom;
 use relay::amqp::Outgoing;
 use relay::config::Settings;
 use relay::entity::Entity;
-use relay::publish::record::{self, Op, Record};
-use relay::window::coalescer::IdSource;
+use relay::pipeline::publish::record::{self, Op, Record};
+use relay::pipeline::window::coalescer::IdSource;
 use relay_harness::scenario::{self, relay_env};
 use relay_mirror::apply::Outcome;
 use relay_mirror::stats::{Counts, Stats};
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{AES_KEY, SHARED_BROKER, TOKEN, unique};
+use crate::support::in_process::{AES_KEY, SHARED_BROKER, TOKEN, unique};
 
 const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -54,7 +54,7 @@ impl Rig {
         }
         let prefix = unique(name);
         let app_id = format!("wloa{}", prefix.replace('-', ""));
-        let app = scenario::TestApp {
+        let app = scenario::WeilingApp {
             app_id: app_id.clone(),
             app_secret: "mirror-app-secret".into(),
             token: TOKEN.into(),
@@ -259,7 +259,7 @@ impl Rig {
     }
 
     async fn depth(&self, queue: &str) -> u32 {
-        crate::helpers::depth(&self.channel, queue).await
+        crate::support::in_process::depth(&self.channel, queue).await
     }
 
     async fn cleanup(self) {

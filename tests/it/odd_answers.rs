@@ -13,8 +13,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use weiling_sim::{Outcome, SimEvent, events, new_customer_id};
 
-use crate::helpers::header_str;
-use crate::process::{ProcessRig, RelayProcess};
+use crate::support::in_process::header_str;
+use crate::support::process::{ProcessRig, RelayProcess};
 
 /// Sends the callbacks with some concurrency; every one must be acknowledged.
 async fn send_all(rig: &ProcessRig, callbacks: Vec<Vec<u8>>) {
@@ -163,7 +163,7 @@ async fn a_batch_refused_with_3000_is_split_until_the_unknown_ids_stand_alone() 
         .count();
     assert!(refused >= 1, "Weiling did refuse batches");
     assert_eq!(
-        crate::helpers::depth(&rig.channel, &rig.settings.amqp.dead_letter_queue).await,
+        crate::support::in_process::depth(&rig.channel, &rig.settings.amqp.dead_letter_queue).await,
         0
     );
     drop(relay);

@@ -14,8 +14,8 @@ use secrecy::SecretString;
 use weiling_sim::events::{self, CustomerChange};
 use weiling_sim::{Outcome, revision};
 
-use crate::helpers::{AES_KEY, OTHER_AES_KEY, SHARED_BROKER, TOKEN, now_s, unique};
-use crate::process::{ProcessRig, RelayProcess};
+use crate::support::in_process::{AES_KEY, OTHER_AES_KEY, SHARED_BROKER, TOKEN, now_s, unique};
+use crate::support::process::{ProcessRig, RelayProcess};
 
 /// The value of the first sample line of `name` whose labels contain every one of `labels`.
 pub(crate) fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -146,7 +146,7 @@ async fn logs_carry_no_secret_token_or_customer_field() {
     let rig = ProcessRig::start("logs").await;
     let log = std::env::temp_dir().join(format!("{}.log", unique("relay-log")));
     // Everything the relay itself logs, at its most verbose.
-    let relay = RelayProcess::start_logged(&rig.env, log, "info,weiling_relay=trace,lapin=error");
+    let relay = RelayProcess::start_logged(&rig.env, log, "info,relay=trace,lapin=error");
     relay_harness::scenario::wait_ready(&rig.base).await;
     let driver = rig.driver();
 

@@ -22,8 +22,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use weiling_sim::{CallbackDriver, Outcome, RetryPolicy, events};
 
-use crate::helpers::*;
-use crate::process::{ProcessRig, RelayProcess};
+use crate::support::in_process::*;
+use crate::support::process::{ProcessRig, RelayProcess};
 
 /// Every record in the checking queue now (waiting briefly for stragglers), acknowledged.
 async fn drain(rig: &ProcessRig) -> Vec<(String, Value)> {
@@ -719,7 +719,7 @@ async fn next_record(rig: &ProcessRig) -> Published {
                     .as_ref()
                     .unwrap()
                     .to_string(),
-                content_hash: crate::helpers::header_str(&message, "x-content-sha256"),
+                content_hash: crate::support::in_process::header_str(&message, "x-content-sha256"),
                 fetched_at: body["fetched_at"].as_u64().unwrap(),
                 record: body["record"].clone(),
             };

@@ -7,8 +7,8 @@ use std::time::Duration;
 use relay_harness::scenario::{Scenario, ScenarioConfig, percentile};
 use weiling_sim::{Outcome, events};
 
-use crate::helpers::SHARED_BROKER;
-use crate::process::{ProcessRig, RelayProcess};
+use crate::support::in_process::SHARED_BROKER;
+use crate::support::process::{ProcessRig, RelayProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_thousand_callbacks_through_a_faulty_weiling_lose_nothing() {

@@ -5,7 +5,7 @@ use relay::verify::AppKeys;
 use relay::verify::seal::{seal_ciphertext, seal_echostr, seal_event};
 use secrecy::SecretString;
 
-use crate::helpers::*;
+use crate::support::in_process::*;
 
 #[tokio::test]
 async fn a_valid_callback_is_in_the_inbox_before_success_is_answered() {

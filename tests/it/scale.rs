@@ -11,8 +11,8 @@ use futures::StreamExt;
 use weiling_sim::events::{self, CustomerChange};
 use weiling_sim::{CallbackDriver, Outcome, RetryPolicy};
 
-use crate::helpers::{SHARED_BROKER, depth};
-use crate::process::{ProcessRig, RelayProcess, free_port};
+use crate::support::in_process::{SHARED_BROKER, depth};
+use crate::support::process::{ProcessRig, RelayProcess, free_port};
 
 const CALLBACKS: usize = 2000;
 const CUSTOMERS: usize = 200;

@@ -11,17 +11,17 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use relay::app::Relay;
 use relay::config::Settings;
-use relay_harness::scenario::{self, TestApp};
+use relay_harness::scenario::{self, WeilingApp};
 use weiling_sim::events;
 use weiling_sim::{CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id};
 
-use crate::helpers::{SHARED_BROKER, unique};
+use crate::support::in_process::{SHARED_BROKER, unique};
 
 /// When each customer's first record reached the checking queue.
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
 struct Tenant {
-    app: TestApp,
+    app: WeilingApp,
     driver: CallbackDriver,
     /// Customer id → when its one callback was sent.
     sent: HashMap<String, Instant>,
@@ -76,8 +76,8 @@ async fn one_tenant_rate_limited(
     let sim = Simulator::new(Default::default());
     let prefix = unique("tenants");
     let (a, b) = (
-        TestApp::generate(&format!("{}a", prefix.replace('-', ""))),
-        TestApp::generate(&format!("{}b", prefix.replace('-', ""))),
+        WeilingApp::generate(&format!("{}a", prefix.replace('-', ""))),
+        WeilingApp::generate(&format!("{}b", prefix.replace('-', ""))),
     );
     sim.add_app(&a.app_id, &a.app_secret);
     sim.add_app(&b.app_id, &b.app_secret);
@@ -87,7 +87,7 @@ async fn one_tenant_rate_limited(
     let sim_handle = sim_server.handle();
     tokio::spawn(sim_server);
 
-    let env_of = |app: &TestApp| {
+    let env_of = |app: &WeilingApp| {
         let mut env =
             scenario::relay_env(&prefix, SHARED_BROKER, &format!("http://{sim_addr}"), app);
         env.insert("WEILING_RELAY__SERVER__WORKERS".into(), "2".into());
@@ -158,7 +158,7 @@ async fn one_tenant_rate_limited(
     let relay = Relay::start(settings.clone(), TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
     let base = format!("http://{}", relay.addr());
     scenario::wait_ready(&base).await;
-    let tenant = |app: TestApp| Tenant {
+    let tenant = |app: WeilingApp| Tenant {
         driver: CallbackDriver::new(&base, Arc::new(app.keys().unwrap()), RetryPolicy::default()),
         app,
         sent: HashMap::new(),

@@ -4,7 +4,7 @@
 use lapin::ConnectionProperties;
 use relay::config::Settings;
 
-use crate::helpers::{Spawn, spawn_with, unique};
+use crate::support::in_process::{Spawn, spawn_with, unique};
 use crate::support::private_broker::{PrivateBroker, TlsFiles};
 
 /// A CA and a server certificate it signed, for `localhost` and `127.0.0.1`.
@@ -85,11 +85,11 @@ async fn a_broker_certificate_of_another_ca_is_refused_with_a_clear_error() {
         ("WEILING_RELAY_APP_SECRET".to_owned(), "secret".to_owned()),
         (
             "WEILING_RELAY_TOKEN".to_owned(),
-            crate::helpers::TOKEN.to_owned(),
+            crate::support::in_process::TOKEN.to_owned(),
         ),
         (
             "WEILING_RELAY_ENCODING_AES_KEY".to_owned(),
-            crate::helpers::AES_KEY.to_owned(),
+            crate::support::in_process::AES_KEY.to_owned(),
         ),
     ]);
     let settings = Settings::load(None, &env).unwrap();
@@ -184,9 +184,9 @@ async fn the_mirror_consumes_over_amqps_and_writes_to_a_tls_only_postgresql() {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
     use relay::entity::Entity;
-    use relay::publish::record::{self, Op, Record};
-    use relay::window::coalescer::IdSource;
-    use relay_harness::scenario::{TestApp, relay_env};
+    use relay::pipeline::publish::record::{self, Op, Record};
+    use relay::pipeline::window::coalescer::IdSource;
+    use relay_harness::scenario::{WeilingApp, relay_env};
     use relay_mirror::MirrorOptions;
     use relay_mirror::db::Target;
     use relay_mirror::stats::Stats;
@@ -204,7 +204,7 @@ async fn the_mirror_consumes_over_amqps_and_writes_to_a_tls_only_postgresql() {
         write_temp("pg-ca", &pg_pki.ca),
     );
     let prefix = unique("tls-mirror");
-    let app = TestApp::generate(&prefix.replace('-', ""));
+    let app = WeilingApp::generate(&prefix.replace('-', ""));
     let mut env = relay_env(&prefix, &broker.amqps_url(), "http://127.0.0.1:9", &app);
     env.insert("WEILING_RELAY__AMQP__TLS_CA_FILE".into(), broker_ca.clone());
     let settings = Settings::load(None, &env).unwrap();

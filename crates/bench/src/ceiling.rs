@@ -16,9 +16,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::BenchError;
+use relay::amqp::message::PERSISTENT;
 use relay::amqp::{LinkState, Outgoing, Publisher};
 use relay::config::Settings;
-use relay::persist::inbox::{self, PERSISTENT};
+use relay::persist::inbox;
 use relay::verify::seal::seal_event;
 use relay::verify::{AppKeys, Apps, Verified, Verifier};
 
@@ -168,7 +169,7 @@ pub async fn serve(listen: &str) -> Result<(), BenchError> {
     let state = web::Data::new(Bare {
         publisher,
         exchange: settings.amqp.events_exchange.clone(),
-        routing_key: inbox::routing_key(&app_id, "customer_update"),
+        routing_key: relay::amqp::message::event_routing_key(&app_id, "customer_update"),
         budget: Duration::from_millis(settings.server.answer_budget_ms),
         next_id: AtomicU64::new(0),
     });

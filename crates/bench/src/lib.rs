@@ -33,7 +33,7 @@ use procfs::{Machine, ProcSample};
 use records::Records;
 use relay::amqp::Publisher;
 use relay::config::{ConfigError, Settings};
-use relay_harness::scenario::{self, TestApp};
+use relay_harness::scenario::{self, WeilingApp};
 use report::{
     Ceiling, CostRow, CpuPer1000, CpuShare, EndToEnd, FractionRun, Ingest, NoWindow, ProcPoint,
     Results, Saturation, Search, Setup, Steady, StepReport, thousands,
@@ -236,7 +236,7 @@ struct Bench {
     out: PathBuf,
     amqp_url: String,
     run_id: String,
-    app: TestApp,
+    app: WeilingApp,
     sim: Simulator,
     sim_server: actix_web::dev::ServerHandle,
     sim_url: String,
@@ -281,7 +281,7 @@ impl Bench {
         );
 
         let run_id = scenario::new_run_id();
-        let app = TestApp::generate(&run_id);
+        let app = WeilingApp::generate(&run_id);
         let keys = Arc::new(app.keys()?);
         let sim = Simulator::new(SimConfig::default());
         sim.add_app(&app.app_id, &app.app_secret);

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use relay::app::{Relay, RelayError};
 use relay::config::{AmqpSettings, ConfigError, Settings};
-use relay::extract::{Extracted, Mapping};
+use relay::pipeline::extract::{Extracted, Mapping};
 use relay::verify::AppKeys;
 use weiling_sim::events::{self, CatalogIds, CustomerChange, SimEvent, TagObject};
 use weiling_sim::{CallbackDriver, Outcome, RetryPolicy, SimConfig, Simulator};
@@ -162,7 +162,7 @@ impl Scenario {
         relay_env: &[(String, String)],
     ) -> Result<Scenario, ScenarioError> {
         let run_id = new_run_id();
-        let test_app = TestApp::generate(&run_id);
+        let test_app = WeilingApp::generate(&run_id);
         let app_id = test_app.app_id.clone();
 
         let sim = Simulator::new(SimConfig::default());
@@ -513,16 +513,16 @@ pub fn new_run_id() -> String {
 
 /// A freshly generated Weiling app: the simulator gets the id and secret, the relay all four.
 #[derive(Debug, Clone)]
-pub struct TestApp {
+pub struct WeilingApp {
     pub app_id: String,
     pub app_secret: String,
     pub token: String,
     pub encoding_aes_key: String,
 }
 
-impl TestApp {
-    pub fn generate(run_id: &str) -> TestApp {
-        TestApp {
+impl WeilingApp {
+    pub fn generate(run_id: &str) -> WeilingApp {
+        WeilingApp {
             app_id: format!("wloa{run_id}"),
             app_secret: Alphanumeric.sample_string(&mut rand::rng(), 24),
             token: Alphanumeric.sample_string(&mut rand::rng(), 32),
@@ -548,7 +548,7 @@ pub fn relay_env(
     prefix: &str,
     amqp_url: &str,
     weiling_base_url: &str,
-    app: &TestApp,
+    app: &WeilingApp,
 ) -> HashMap<String, String> {
     HashMap::from([
         ("WEILING_RELAY__SERVER__LISTEN".into(), "127.0.0.1:0".into()),

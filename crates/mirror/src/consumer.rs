@@ -10,7 +10,7 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
 use super::stats::Stats;
@@ -75,16 +75,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects, declares the relay's topology and the mirror's queue, and starts consuming.
+    /// On a fresh connection: declares the relay's topology and the mirror's queue, and starts
+    /// consuming.
     pub async fn open(
+        connection: Connection,
         amqp: &AmqpSettings,
         queue: &str,
         prefetch: u16,
         connection_name: &str,
     ) -> Result<Session, lapin::Error> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = relay::amqp::connect::connect(amqp, properties).await?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, amqp).await?;
         declare_queue(&channel, amqp, queue).await?;

@@ -2,11 +2,10 @@
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::AMQPValue;
 use sha2::{Digest, Sha256};
 
 use relay::amqp::Outgoing;
-use relay::persist::inbox::PERSISTENT;
+use relay::amqp::message::{self, PERSISTENT, header};
 
 /// Published through the default exchange straight to `dead_letter_queue`. `x-reason` is one of the
 /// `mirror_*` reasons (which `dlq replay` leaves alone), `x-detail` the parse or database error; the
@@ -19,13 +18,11 @@ pub fn message(
     detail: &str,
 ) -> Outgoing {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    let mut text = |name: &str, value: &str| {
-        headers.insert(name.into(), AMQPValue::LongString(value.into()));
-    };
-    text("x-reason", reason);
-    text("x-detail", detail);
-    text("x-original-exchange", delivery.exchange.as_str());
-    text("x-original-routing-key", delivery.routing_key.as_str());
+    let mut text = |name: &str, value: &str| message::put_text(&mut headers, name, value);
+    text(header::REASON, reason);
+    text(header::DETAIL, detail);
+    text(header::ORIGINAL_EXCHANGE, delivery.exchange.as_str());
+    text(header::ORIGINAL_ROUTING_KEY, delivery.routing_key.as_str());
     let message_id = delivery
         .properties
         .message_id()

@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::BackoffBuilder;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -34,11 +33,11 @@ use self::db::{DbError, Target};
 use self::stats::Stats;
 use self::worker::Worker;
 use relay::amqp::Publisher;
+use relay::amqp::link::Reconnect;
 use relay::config::{ConfigError, Settings};
 
 pub const DEFAULT_QUEUE: &str = "weiling.mirror";
 const CONNECTION_NAME: &str = "weiling-relay-mirror";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PUBLISHER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `weiling-relay mirror`
@@ -187,50 +186,33 @@ async fn supervise(
     }
     let amqp = &settings.amqp;
     let max_batch = usize::from(options.prefetch);
-    let mut backoff = reconnect_backoff(amqp.reconnect_max_delay_ms);
-    while !stop.is_cancelled() {
-        let opened = tokio::select! {
-            opened = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                Session::open(amqp, &options.queue, options.prefetch, CONNECTION_NAME),
-            ) => opened,
-            () = stop.cancelled() => break,
-        };
-        match opened {
+    let mut reconnect = Reconnect::new(amqp, CONNECTION_NAME);
+    let setup_timeout = Duration::from_millis(amqp.connect_timeout_ms);
+    while let Some(connection) = reconnect.connect(stop).await {
+        let opened = Session::open(
+            connection,
+            amqp,
+            &options.queue,
+            options.prefetch,
+            CONNECTION_NAME,
+        );
+        match tokio::time::timeout(setup_timeout, opened).await {
             Ok(Ok(mut session)) => {
                 info!(queue = %options.queue, "mirror consuming");
-                backoff = reconnect_backoff(amqp.reconnect_max_delay_ms);
+                reconnect.up();
                 let end = session.run(worker, max_batch, stats, stop).await;
                 session.close().await;
                 match end {
                     SessionEnd::Stopped => break,
-                    SessionEnd::Broken(reason) => {
-                        warn!(reason = %reason, "mirror lost the broker; unacked deliveries return to the queue")
-                    }
+                    SessionEnd::Broken(reason) => reconnect.lost(&reason),
                     SessionEnd::Fatal(error) => return Err(error.into()),
                 }
             }
-            Ok(Err(error)) => warn!(error = %error, "mirror could not connect to the broker"),
-            Err(_) => warn!("mirror's broker connection attempt timed out"),
-        }
-        let delay = backoff
-            .next()
-            .unwrap_or(Duration::from_millis(amqp.reconnect_max_delay_ms));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = stop.cancelled() => break,
+            Ok(Err(error)) => reconnect.failed(&error.to_string()),
+            Err(_) => reconnect.failed("mirror set-up timed out"),
         }
     }
     Ok(())
-}
-
-fn reconnect_backoff(max_delay_ms: u64) -> backon::ExponentialBackoff {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_millis(max_delay_ms))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 fn validate_queue_name(queue: &str) -> Result<(), MirrorError> {

@@ -235,8 +235,8 @@ fn contains_nul(value: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relay::publish::record::{self, Record};
-    use relay::window::coalescer::IdSource;
+    use relay::pipeline::publish::record::{self, Record};
+    use relay::pipeline::window::coalescer::IdSource;
     use serde_json::json;
 
     fn body(value: Value) -> Vec<u8> {

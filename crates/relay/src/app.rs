@@ -10,11 +10,12 @@ use tracing::{info, warn};
 
 use crate::amqp::Publisher;
 use crate::config::Settings;
-use crate::enrich::{EnrichError, WeilingClient};
-use crate::extract::Mapping;
-use crate::extract::consumer::{self, Pipeline};
 use crate::persist::Persister;
-use crate::publish::RecordSink;
+use crate::pipeline::consumer::{self, Pipeline};
+use crate::pipeline::enrich::{EnrichError, WeilingClient};
+use crate::pipeline::extract::Mapping;
+use crate::pipeline::flush::Stages;
+use crate::pipeline::publish::RecordPublisher;
 use crate::receive::body::BodyGate;
 use crate::receive::{
     self, ConnectionLimits, ReceiveState, RefusalLog, SUMMARY_INTERVAL, Severity,
@@ -69,12 +70,14 @@ impl Relay {
                 amqp: settings.amqp.clone(),
                 window: settings.window.clone(),
                 mapping: Mapping::new(&settings.events),
-                sink: RecordSink::new(
-                    client,
-                    records,
-                    &settings.amqp.customers_exchange,
-                    &settings.security.sign_records_key,
-                ),
+                stages: Stages {
+                    enrich: client,
+                    publish: RecordPublisher::new(
+                        records,
+                        &settings.amqp.customers_exchange,
+                        &settings.security.sign_records_key,
+                    ),
+                },
                 connection_name: format!("weiling-relay inbox {addr}"),
             };
             Some(consumer::spawn(

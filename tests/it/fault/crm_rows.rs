@@ -6,7 +6,7 @@ use weiling_sim::{BatchCall, NO_ENVELOPE, SimConfig};
 
 use super::edge_rows::{Probe, http, post_retrying, seal_at, unmapped};
 use crate::fault::{Dead, FaultOutcome, FaultRig, Load, RigOptions, run_row};
-use crate::helpers::SHARED_BROKER;
+use crate::support::in_process::SHARED_BROKER;
 use crate::support::proxy::Mode;
 
 /// The simulator's default rate limit (`SimConfig::default()`), restored after row 28.
@@ -282,15 +282,23 @@ async fn row_31_token_expires_mid_batch() {
             let restored_at = Some(Instant::now());
             rig.progress_at_least(callbacks).await;
             let calls = calls(&rig);
-            let refused: Vec<&[BatchCall]> = calls
-                .windows(2)
-                .filter(|w| w[0].http_status == 200 && w[0].code == 403)
+            let expired = |c: &BatchCall| c.http_status == 200 && c.code == 403;
+            let refused: Vec<usize> = (0..calls.len().saturating_sub(1))
+                .filter(|&i| expired(&calls[i]))
                 .collect();
             assert!(!refused.is_empty(), "no call met an expired token");
-            for pair in &refused {
+            for &i in &refused {
+                // A token refused again right after its refresh (an expiry landed in between) ends
+                // the call: its deliveries are requeued and come back in a later window, so the
+                // next call may ask for other ids. Every first refusal is retried at once.
+                let retry_refused_again =
+                    i > 0 && expired(&calls[i - 1]) && sorted(&calls[i - 1].ids) == sorted(&calls[i].ids);
+                if retry_refused_again {
+                    continue;
+                }
                 assert_eq!(
-                    sorted(&pair[0].ids),
-                    sorted(&pair[1].ids),
+                    sorted(&calls[i].ids),
+                    sorted(&calls[i + 1].ids),
                     "the refused batch is the next one asked"
                 );
             }

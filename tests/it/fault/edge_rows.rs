@@ -20,7 +20,7 @@ use weiling_sim::events::{self, CustomerChange};
 use weiling_sim::new_customer_id;
 
 use crate::fault::{Dead, FaultOutcome, FaultRig, Load, RigOptions, run_row};
-use crate::helpers::{OTHER_AES_KEY, SHARED_BROKER, nonce, now_s};
+use crate::support::in_process::{OTHER_AES_KEY, SHARED_BROKER, nonce, now_s};
 
 /// Bad requests start once this many load callbacks were answered (about 0.7 s into the load)…
 const START: usize = 100;

@@ -3,6 +3,19 @@
 //! unexpected = 0, duplicates counted, inbox empty at the end). Every row runs three rounds; each round
 //! writes its figures to `target/reliability/rows/`, from which `scripts/reliability-report` renders
 //! `docs/reliability.md`.
+//!
+//! Row N is the test `row_N_…` (two digits below 10), in the file of its group:
+//!
+//! | rows | file | group |
+//! |---|---|---|
+//! | 1–11, 13, 14, 39 | `edge_rows.rs` | bad input at the edge |
+//! | 15–26 | `broker_rows.rs` | broker faults |
+//! | 27–34 | `crm_rows.rs` | Weiling (enrichment) faults |
+//! | 35–37 | `process_rows.rs` | process faults |
+//! | 40 | `soak.rs` | the opt-in soak (`scripts/soak`) |
+//! | 41–46 | `review_rows.rs` | the review's findings |
+//!
+//! Rows 12 and 38 do not exist in reliability.md (b).
 
 pub mod ledger;
 
@@ -28,14 +41,14 @@ use rand::Rng;
 use relay::app::Relay;
 use relay::config::Settings;
 use relay::verify::AppKeys;
-use relay_harness::scenario::{TestApp, relay_env, wait_ready, zipf};
+use relay_harness::scenario::{WeilingApp, relay_env, wait_ready, zipf};
 use serde_json::{Value, json};
 use weiling_sim::events::{self, CustomerChange};
 use weiling_sim::{CallbackDriver, Outcome, RetryPolicy, Simulator, new_customer_id, revision};
 
 use self::ledger::{Entry, Seen, Subject};
-use crate::helpers::unique;
-use crate::process::{RelayProcess, free_port};
+use crate::support::in_process::unique;
+use crate::support::process::{RelayProcess, free_port};
 use crate::support::proxy::ChaosProxy;
 
 pub const ROUNDS: u32 = 3;
@@ -106,13 +119,13 @@ pub struct FaultRig {
     /// Records read from the unrouted queue so far.
     unrouted: AtomicUsize,
     /// The second app of [`RigOptions::second_app`].
-    pub other_app: Option<TestApp>,
+    pub other_app: Option<WeilingApp>,
 }
 
 impl FaultRig {
     pub async fn start(name: &str, options: &RigOptions) -> FaultRig {
         let prefix = unique(&format!("fault-{name}"));
-        let test_app = TestApp::generate(&prefix.replace('-', ""));
+        let test_app = WeilingApp::generate(&prefix.replace('-', ""));
         let app = Arc::new(test_app.keys().unwrap());
         let app_id = test_app.app_id.clone();
 
@@ -159,7 +172,7 @@ impl FaultRig {
                 !options.process,
                 "a relay process is configured with one app"
             );
-            let other = TestApp::generate(&format!("{}b", prefix.replace('-', "")));
+            let other = WeilingApp::generate(&format!("{}b", prefix.replace('-', "")));
             sim.add_app(&other.app_id, &other.app_secret);
             let mut other_env = env.clone();
             other_env.extend(relay_env(

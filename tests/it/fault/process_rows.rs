@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::fault::{FaultOutcome, Load, RigOptions, run_row};
-use crate::helpers::SHARED_BROKER;
+use crate::support::in_process::SHARED_BROKER;
 
 fn process_options() -> RigOptions {
     let mut options = RigOptions::on(SHARED_BROKER);

@@ -20,8 +20,8 @@ use super::edge_rows::{
 };
 use crate::edge_limits::stall;
 use crate::fault::{FaultOutcome, FaultRig, Load, RigOptions, run_row};
-use crate::helpers::{AES_KEY, SHARED_BROKER, nonce, now_s};
 use crate::operate::sample;
+use crate::support::in_process::{AES_KEY, SHARED_BROKER, nonce, now_s};
 
 /// Waits until the probe has shown a record of customer `id` whose `record` is `state`; returns
 /// that message's `message_id`, `fetched_at` and `x-content-sha256`-free body.

@@ -49,7 +49,7 @@ impl PrivatePostgres {
             .local_addr()
             .unwrap()
             .port();
-        let dir = std::env::temp_dir().join(crate::helpers::unique("weiling-it-pg"));
+        let dir = std::env::temp_dir().join(crate::support::in_process::unique("weiling-it-pg"));
         std::fs::create_dir_all(&dir).unwrap();
         let bin = server_bin();
         let data = dir.join("data");

@@ -5,7 +5,6 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
 use secrecy::ExposeSecret;
 
-use super::publisher::with_heartbeat;
 use crate::config::AmqpSettings;
 
 /// Reads a PEM file of CA certificates; the error says what is wrong with it, never its content.
@@ -40,4 +39,34 @@ pub async fn connect(
         .with_tls_config(tls)
         .connect()
         .await
+}
+
+/// Asks for a short heartbeat unless the URL sets one, so a half-open link is noticed in seconds.
+fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}heartbeat={heartbeat_s}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_added_once() {
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f", 10),
+            "amqp://h/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?frame_max=8192", 10),
+            "amqp://h/%2f?frame_max=8192&heartbeat=10"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/?heartbeat=5", 10),
+            "amqp://h/?heartbeat=5"
+        );
+    }
 }

@@ -1,7 +1,10 @@
-//! Broker plumbing shared by every stage: connecting (TLS included), topology, and the supervised
-//! confirmed publisher.
+//! Broker plumbing shared by every stage: connecting (TLS included) and reconnecting ([`link`]),
+//! topology, the messages' header names and properties ([`message`]), and the supervised confirmed
+//! publisher.
 
 pub mod connect;
+pub mod link;
+pub mod message;
 pub mod publisher;
 pub mod topology;
 

@@ -5,18 +5,18 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Event};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::link::Reconnect;
 use super::topology;
 use crate::config::AmqpSettings;
 
@@ -161,45 +161,32 @@ async fn supervise(
     state: watch::Sender<LinkState>,
     abort: CancellationToken,
 ) {
-    let backoff_builder = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_millis(settings.reconnect_max_delay_ms))
-        .with_jitter()
-        .without_max_times();
-    let mut backoff = backoff_builder.build();
-    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+    let mut reconnect = Reconnect::new(&settings, connection_name);
+    let setup_timeout = Duration::from_millis(settings.connect_timeout_ms);
     loop {
         state.send_replace(LinkState::Connecting);
         let opened = tokio::select! {
-            opened = tokio::time::timeout(connect_timeout, Link::open(&settings, &connection_name)) => opened,
+            opened = tokio::time::timeout(setup_timeout, Link::open(&reconnect, &settings)) => opened,
             _ = abort.cancelled() => break,
         };
         match opened {
             Ok(Ok((link, mut events))) => {
-                info!(connection = %connection_name, "broker link up");
+                reconnect.up();
                 state.send_replace(LinkState::Ready);
-                backoff = backoff_builder.build();
                 let end = link
                     .run(&mut events, &settings, &mut requests, &state, &abort)
                     .await;
                 link.close().await;
                 match end {
                     LinkEnd::Finished => break,
-                    LinkEnd::Broken(reason) => {
-                        warn!(connection = %connection_name, reason = %reason, "broker link lost; reconnecting")
-                    }
+                    LinkEnd::Broken(reason) => reconnect.lost(&reason),
                 }
             }
-            Ok(Err(error)) => {
-                warn!(connection = %connection_name, error = %error, "broker connection failed")
-            }
-            Err(_) => warn!(connection = %connection_name, "broker connection attempt timed out"),
+            Ok(Err(error)) => reconnect.failed(&error),
+            Err(_) => reconnect.failed("channel set-up timed out"),
         }
         state.send_replace(LinkState::Down);
-        let delay = backoff
-            .next()
-            .unwrap_or(Duration::from_millis(settings.reconnect_max_delay_ms));
-        let wait = tokio::time::sleep(delay);
+        let wait = tokio::time::sleep(reconnect.next_delay());
         tokio::pin!(wait);
         // While down, callers get an immediate answer instead of waiting for their deadline.
         loop {
@@ -246,15 +233,19 @@ struct Link {
 type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 impl Link {
-    async fn open(settings: &AmqpSettings, name: &str) -> Result<(Link, Events), lapin::Error> {
-        let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = super::connect::connect(settings, properties).await?;
+    async fn open(
+        reconnect: &Reconnect,
+        settings: &AmqpSettings,
+    ) -> Result<(Link, Events), String> {
+        let connection = reconnect.attempt().await?;
         let events: Events = Box::pin(connection.events_listener());
-        let channel = connection.create_channel().await?;
+        let text = |error: lapin::Error| error.to_string();
+        let channel = connection.create_channel().await.map_err(text)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        topology::declare(&channel, settings).await?;
+            .await
+            .map_err(text)?;
+        topology::declare(&channel, settings).await.map_err(text)?;
         Ok((
             Link {
                 connection,
@@ -455,34 +446,4 @@ fn take_one(returned: &mut HashMap<ShortString, usize>, id: ShortString) -> Opti
         returned.remove(&id);
     }
     Some(())
-}
-
-/// Asks for a short heartbeat unless the URL sets one, so a half-open link is noticed in seconds.
-pub(crate) fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {
-    if url.contains("heartbeat=") {
-        return url.to_owned();
-    }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}heartbeat={heartbeat_s}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heartbeat_is_added_once() {
-        assert_eq!(
-            with_heartbeat("amqp://h/%2f", 10),
-            "amqp://h/%2f?heartbeat=10"
-        );
-        assert_eq!(
-            with_heartbeat("amqp://h/%2f?frame_max=8192", 10),
-            "amqp://h/%2f?frame_max=8192&heartbeat=10"
-        );
-        assert_eq!(
-            with_heartbeat("amqp://h/?heartbeat=5", 10),
-            "amqp://h/?heartbeat=5"
-        );
-    }
 }

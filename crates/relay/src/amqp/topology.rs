@@ -13,8 +13,6 @@ use crate::config::AmqpSettings;
 pub const INBOX_BINDING: &str = "event.#";
 /// The exchange type of RabbitMQ's bundled rabbitmq_consistent_hash_exchange plugin.
 pub const CONSISTENT_HASH: &str = "x-consistent-hash";
-/// The header the consistent-hash exchange hashes (set on every inbox publish when P > 1).
-pub const PARTITION_HEADER: &str = "partition_key";
 
 /// Declares exchanges, queues and bindings. Re-running it against an existing, identical topology is a
 /// no-op, which is why it runs after every reconnect and after a publish was returned as unroutable.
@@ -125,7 +123,10 @@ async fn declare_inbox(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lap
     };
 
     let mut hash_args = FieldTable::default();
-    hash_args.insert("hash-header".into(), long_string(PARTITION_HEADER));
+    hash_args.insert(
+        "hash-header".into(),
+        long_string(super::message::header::PARTITION_KEY),
+    );
     channel
         .exchange_declare(
             hash_exchange.as_str().into(),

@@ -24,20 +24,18 @@ use std::time::{Duration, SystemTime};
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::{BROKER_OP_TIMEOUT, OpsError, publish_confirmed, start_publisher, stop_publisher};
 use crate::amqp::Outgoing;
-use crate::amqp::topology::PARTITION_HEADER;
+use crate::amqp::link::Reconnect;
+use crate::amqp::message::{self, header};
 use crate::config::Settings;
-use crate::persist::dead_letter::{REFUSED_CODE_HEADER, REFUSED_ID_HEADER, WEILING_REFUSED};
+use crate::persist::dead_letter::WEILING_REFUSED;
 use crate::persist::{dead_letter, inbox};
 use crate::verify::{Apps, CallbackQuery, Rejection, Verified, Verifier, unix_ms};
-
-/// The header counting how often a letter went through a replay and came back unreadable.
-pub const REPLAYED_HEADER: &str = "x-replayed";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Reason {
@@ -203,14 +201,11 @@ pub async fn replay(
         dry_run: options.dry_run,
         ..ReplaySummary::default()
     };
-    let connection = within(
-        "connect",
-        crate::amqp::connect::connect(
-            amqp,
-            ConnectionProperties::default().with_connection_name("weiling-relay dlq replay".into()),
-        ),
-    )
-    .await?;
+    // One attempt: an operator's command fails fast and says why instead of retrying for ever.
+    let connection = Reconnect::new(amqp, "weiling-relay dlq replay")
+        .attempt()
+        .await
+        .map_err(|error| OpsError::Broker(format!("could not connect: {error}")))?;
     let channel = within("open a channel", connection.create_channel()).await?;
     let passive = QueueDeclareOptions {
         passive: true,
@@ -386,9 +381,10 @@ fn judge(
     properties: &BasicProperties,
     body: &[u8],
 ) -> Verdict {
-    let headers = properties.headers().as_ref().map(FieldTable::inner);
-    let text = |name: &str| headers.and_then(|h| h.get(name)).and_then(as_text);
-    let reason = match text("x-reason").as_deref() {
+    let table = properties.headers().as_ref();
+    let headers = table.map(FieldTable::inner);
+    let text = |name: &str| message::text(table, name);
+    let reason = match text(header::REASON).as_deref() {
         Some("decrypt") => Reason::Decrypt,
         Some("receive_id") => Reason::ReceiveId,
         Some("json") => Reason::Json,
@@ -402,12 +398,10 @@ fn judge(
         None if reason == Reason::Json => return Verdict::Skip("json"),
         _ => {}
     }
-    let Some(app_id) = text("app_id") else {
+    let Some(app_id) = text(header::APP_ID) else {
         return Verdict::Failing("malformed");
     };
-    let received_at_ms = headers
-        .and_then(|h| h.get("received_at"))
-        .and_then(as_int)
+    let received_at_ms = message::integer(table, header::RECEIVED_AT)
         .and_then(|v| u64::try_from(v).ok())
         .unwrap_or_else(|| unix_ms(SystemTime::now()));
     let amqp = &settings.amqp;
@@ -415,9 +409,11 @@ fn judge(
     let router = inbox::InboxRouter::new(settings);
     match reason {
         Reason::Decrypt | Reason::ReceiveId => {
-            let (Some(msg_signature), Some(timestamp), Some(nonce)) =
-                (text("msg_signature"), text("timestamp"), text("nonce"))
-            else {
+            let (Some(msg_signature), Some(timestamp), Some(nonce)) = (
+                text(header::MSG_SIGNATURE),
+                text(header::TIMESTAMP),
+                text(header::NONCE),
+            ) else {
                 return Verdict::Failing("malformed");
             };
             let query = CallbackQuery {
@@ -433,14 +429,11 @@ fn judge(
                     Verdict::Replay(router.message(event), reason.as_str())
                 }
                 Ok(Verified::Undecodable(letter)) => {
-                    let replays = headers
-                        .and_then(|h| h.get(REPLAYED_HEADER))
-                        .and_then(as_int)
-                        .unwrap_or(0);
+                    let replays = message::integer(table, header::REPLAYED).unwrap_or(0);
                     let mut outgoing = dead_letter::message(&amqp.dead_letter_queue, &letter);
                     set_header(
                         &mut outgoing,
-                        REPLAYED_HEADER,
+                        header::REPLAYED,
                         AMQPValue::LongLongInt(replays.saturating_add(1)),
                     );
                     Verdict::Requeue(outgoing, letter.reason().as_str())
@@ -452,7 +445,7 @@ fn judge(
             Err(_) => Verdict::Failing("json"),
         },
         Reason::Rejected | Reason::WeilingRefused => {
-            let Some(event_type) = text("event_type") else {
+            let Some(event_type) = text(header::EVENT_TYPE) else {
                 return Verdict::Failing("malformed");
             };
             if verifier.apps().get(&app_id).is_none() {
@@ -474,14 +467,17 @@ fn judge(
                 .unwrap_or_default();
             let mut table = FieldTable::default();
             // A letter from before the inbox was partitioned has no key; the hash exchange needs one.
-            if !kept.contains_key(PARTITION_HEADER) {
+            if !kept.contains_key(header::PARTITION_KEY) {
                 let message_id = properties
                     .message_id()
                     .as_ref()
                     .map(|id| id.to_string())
                     .unwrap_or_default();
                 if let Some(key) = router.partition_key(&app_id, &event_type, body, &message_id) {
-                    table.insert(PARTITION_HEADER.into(), AMQPValue::LongString(key.into()));
+                    table.insert(
+                        header::PARTITION_KEY.into(),
+                        AMQPValue::LongString(key.into()),
+                    );
                 }
             }
             for (k, v) in kept {
@@ -490,11 +486,11 @@ fn judge(
             Verdict::Replay(
                 Outgoing {
                     exchange: amqp.events_exchange.clone(),
-                    routing_key: inbox::routing_key(&app_id, &event_type),
+                    routing_key: message::event_routing_key(&app_id, &event_type),
                     body: body.to_vec(),
                     properties: properties
                         .clone()
-                        .with_type(format!("event.{event_type}").as_str().into())
+                        .with_type(message::event_type_property(&event_type).as_str().into())
                         .with_headers(table),
                     mandatory: true,
                 },
@@ -507,38 +503,16 @@ fn judge(
 /// What parking added to an inbox event; a replayed event is published without it.
 const PARKING_HEADERS: [&str; 5] = [
     "x-death",
-    "x-reason",
-    "x-detail",
-    REFUSED_ID_HEADER,
-    REFUSED_CODE_HEADER,
+    header::REASON,
+    header::DETAIL,
+    header::WEILING_ID,
+    header::WEILING_CODE,
 ];
 
 fn set_header(outgoing: &mut Outgoing, name: &str, value: AMQPValue) {
     let mut headers = outgoing.properties.headers().clone().unwrap_or_default();
     headers.insert(name.into(), value);
     outgoing.properties = outgoing.properties.clone().with_headers(headers);
-}
-
-fn as_text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-fn as_int(value: &AMQPValue) -> Option<i64> {
-    match value {
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
-        _ => None,
-    }
 }
 
 async fn within<T>(
@@ -677,13 +651,13 @@ mod tests {
         let old = settings(OLD);
         let mut props_again = props.clone();
         let mut headers = props_again.headers().clone().unwrap_or_default();
-        headers.insert(REPLAYED_HEADER.into(), AMQPValue::LongInt(2));
+        headers.insert(header::REPLAYED.into(), AMQPValue::LongInt(2));
         props_again = props_again.with_headers(headers);
         match judge(&verifier(&old), &old, None, &props_again, &body) {
             Verdict::Requeue(out, "decrypt") => {
                 let h = out.properties.headers().clone().unwrap_or_default();
                 assert_eq!(
-                    h.inner().get(REPLAYED_HEADER),
+                    h.inner().get(header::REPLAYED),
                     Some(&AMQPValue::LongLongInt(3))
                 );
                 assert_eq!(out.routing_key, old.amqp.dead_letter_queue);
@@ -751,9 +725,12 @@ mod tests {
 
     #[test]
     fn header_integers_of_every_width_are_read() {
-        assert_eq!(as_int(&AMQPValue::LongLongInt(7)), Some(7));
-        assert_eq!(as_int(&AMQPValue::LongInt(7)), Some(7));
-        assert_eq!(as_int(&AMQPValue::ShortShortUInt(7)), Some(7));
-        assert_eq!(as_int(&AMQPValue::LongString("7".into())), None);
+        assert_eq!(message::as_integer(&AMQPValue::LongLongInt(7)), Some(7));
+        assert_eq!(message::as_integer(&AMQPValue::LongInt(7)), Some(7));
+        assert_eq!(message::as_integer(&AMQPValue::ShortShortUInt(7)), Some(7));
+        assert_eq!(
+            message::as_integer(&AMQPValue::LongString("7".into())),
+            None
+        );
     }
 }

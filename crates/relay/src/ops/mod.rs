@@ -44,7 +44,7 @@ pub enum OpsError {
     #[error("an app's keys are unusable: {0}")]
     Key(#[from] crate::verify::cipher::KeyError),
     #[error("Weiling client: {0}")]
-    Enrich(#[from] crate::enrich::EnrichError),
+    Enrich(#[from] crate::pipeline::enrich::EnrichError),
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("broker: {0}")]

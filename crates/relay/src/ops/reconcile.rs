@@ -21,11 +21,11 @@ use tracing::warn;
 
 use super::{OpsError, publish_confirmed, start_publisher, stop_publisher};
 use crate::config::Settings;
-use crate::enrich::{EnrichError, MAX_BATCH_IDS, WeilingClient};
 use crate::entity::Entity;
-use crate::publish::record::{self, Op, Record};
+use crate::pipeline::enrich::{EnrichError, MAX_BATCH_IDS, WeilingClient};
+use crate::pipeline::publish::record::{self, Op, Record};
+use crate::pipeline::window::coalescer::IdSource;
 use crate::verify::unix_ms;
-use crate::window::coalescer::IdSource;
 
 /// The `event_types` entry of a reconciled record's `source`.
 pub const SOURCE_TYPE: &str = "reconcile";

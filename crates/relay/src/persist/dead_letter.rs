@@ -1,11 +1,11 @@
 //! The dead-letter message: what could not be read, why, and everything needed to replay it.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use sha2::{Digest, Sha256};
 
-use super::inbox::PERSISTENT;
 use crate::amqp::Outgoing;
+use crate::amqp::message::{self, header};
 use crate::verify::{AuthenticUndecodable, DeadLetterReason};
 
 /// Published through the default exchange straight to the dead-letter queue. The query parameters
@@ -13,19 +13,14 @@ use crate::verify::{AuthenticUndecodable, DeadLetterReason};
 pub fn message(dead_letter_queue: &str, letter: &AuthenticUndecodable) -> Outgoing {
     let query = letter.query();
     let mut headers = FieldTable::default();
-    let mut text = |name: &str, value: &str| {
-        headers.insert(name.into(), AMQPValue::LongString(value.into()));
-    };
-    text("x-reason", letter.reason().as_str());
-    text("x-detail", letter.detail());
-    text("app_id", letter.app_id());
-    text("msg_signature", &query.msg_signature);
-    text("timestamp", &query.timestamp);
-    text("nonce", &query.nonce);
-    headers.insert(
-        "received_at".into(),
-        AMQPValue::LongLongInt(i64::try_from(letter.received_at_ms()).unwrap_or(i64::MAX)),
-    );
+    let mut text = |name: &str, value: &str| message::put_text(&mut headers, name, value);
+    text(header::REASON, letter.reason().as_str());
+    text(header::DETAIL, letter.detail());
+    text(header::APP_ID, letter.app_id());
+    text(header::MSG_SIGNATURE, &query.msg_signature);
+    text(header::TIMESTAMP, &query.timestamp);
+    text(header::NONCE, &query.nonce);
+    message::put_integer(&mut headers, header::RECEIVED_AT, letter.received_at_ms());
     let content_type = match letter.reason() {
         // The envelope is JSON; the decrypted text of a json failure is, by definition, not.
         DeadLetterReason::Decrypt | DeadLetterReason::ReceiveId => "application/json",
@@ -41,7 +36,7 @@ pub fn message(dead_letter_queue: &str, letter: &AuthenticUndecodable) -> Outgoi
             .finalize(),
     );
     let properties = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
+        .with_delivery_mode(message::PERSISTENT)
         .with_content_type(content_type.into())
         .with_type(format!("dead.{}", letter.reason().as_str()).as_str().into())
         .with_message_id(message_id.as_str().into())
@@ -59,10 +54,6 @@ pub fn message(dead_letter_queue: &str, letter: &AuthenticUndecodable) -> Outgoi
 /// Why an inbox event went to the dead-letter queue although it was read fine: Weiling refused one
 /// id it names on its own (a code that does not mean "does not exist").
 pub const WEILING_REFUSED: &str = "weiling_refused";
-/// The id Weiling refused, on a `weiling_refused` letter.
-pub const REFUSED_ID_HEADER: &str = "x-weiling-id";
-/// Weiling's refusal code, on a `weiling_refused` letter.
-pub const REFUSED_CODE_HEADER: &str = "x-weiling-code";
 
 /// An inbox event parked because Weiling refused the id `id` it names: the event's own body and
 /// headers (so `dlq replay` can publish it back unchanged), plus the reason, the id and the code.
@@ -75,13 +66,10 @@ pub fn refused_event(
     detail: &str,
 ) -> Outgoing {
     let mut headers = properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        "x-reason".into(),
-        AMQPValue::LongString(WEILING_REFUSED.into()),
-    );
-    headers.insert("x-detail".into(), AMQPValue::LongString(detail.into()));
-    headers.insert(REFUSED_ID_HEADER.into(), AMQPValue::LongString(id.into()));
-    headers.insert(REFUSED_CODE_HEADER.into(), AMQPValue::LongLongInt(code));
+    message::put_text(&mut headers, header::REASON, WEILING_REFUSED);
+    message::put_text(&mut headers, header::DETAIL, detail);
+    message::put_text(&mut headers, header::WEILING_ID, id);
+    message::put_integer(&mut headers, header::WEILING_CODE, code);
     Outgoing {
         exchange: String::new(),
         routing_key: dead_letter_queue.to_owned(),

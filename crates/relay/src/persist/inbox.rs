@@ -3,12 +3,12 @@
 //! hashes.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 
 use crate::amqp::Outgoing;
-use crate::amqp::topology::PARTITION_HEADER;
+use crate::amqp::message::{self, header};
 use crate::config::Settings;
-use crate::extract::Mapping;
+use crate::pipeline::extract::Mapping;
 use crate::verify::VerifiedEvent;
 
 /// Builds inbox publishes: where they go and, when the inbox is partitioned, which partition key
@@ -58,15 +58,6 @@ impl InboxRouter {
     }
 }
 
-pub const PERSISTENT: u8 = 2;
-
-/// The callback header's own time (ms), from `time_stamp` or `timestamp`, when it has one.
-pub const SENT_AT_HEADER: &str = "sent_at";
-
-pub fn routing_key(app_id: &str, event_type: &str) -> String {
-    format!("event.{app_id}.{event_type}")
-}
-
 /// Mandatory, so a missing inbox binding comes back as a failure instead of a silent drop.
 pub fn message(
     events_exchange: &str,
@@ -75,33 +66,28 @@ pub fn message(
 ) -> Outgoing {
     let mut headers = FieldTable::default();
     if let Some(key) = partition_key {
-        headers.insert(PARTITION_HEADER.into(), AMQPValue::LongString(key.into()));
+        message::put_text(&mut headers, header::PARTITION_KEY, key);
     }
-    headers.insert(
-        "app_id".into(),
-        AMQPValue::LongString(event.app_id().into()),
-    );
-    headers.insert(
-        "event_type".into(),
-        AMQPValue::LongString(event.event_type().into()),
-    );
-    headers.insert(
-        "received_at".into(),
-        AMQPValue::LongLongInt(i64::try_from(event.received_at_ms()).unwrap_or(i64::MAX)),
-    );
-    if let Some(sent_at) = event.sent_at_ms().and_then(|ms| i64::try_from(ms).ok()) {
-        headers.insert(SENT_AT_HEADER.into(), AMQPValue::LongLongInt(sent_at));
+    message::put_text(&mut headers, header::APP_ID, event.app_id());
+    message::put_text(&mut headers, header::EVENT_TYPE, event.event_type());
+    message::put_integer(&mut headers, header::RECEIVED_AT, event.received_at_ms());
+    if let Some(sent_at) = event.sent_at_ms() {
+        message::put_integer(&mut headers, header::SENT_AT, sent_at);
     }
     let properties = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
+        .with_delivery_mode(message::PERSISTENT)
         .with_content_type("application/json".into())
-        .with_type(format!("event.{}", event.event_type()).as_str().into())
+        .with_type(
+            message::event_type_property(event.event_type())
+                .as_str()
+                .into(),
+        )
         .with_message_id(event.message_id().into())
         .with_timestamp(event.received_at_ms() / 1000)
         .with_headers(headers);
     Outgoing {
         exchange: events_exchange.to_owned(),
-        routing_key: routing_key(event.app_id(), event.event_type()),
+        routing_key: message::event_routing_key(event.app_id(), event.event_type()),
         body: event.into_body(),
         properties,
         mandatory: true,

@@ -1,35 +1,40 @@
-//! The inbox consumer and pipeline driver: deliveries → ids → windows (timer-driven flushes) → enrich
-//! and publish → acks. Manual acks only after every named customer or contact is confirmed downstream.
+//! The inbox consumer, the pipeline's driver: deliveries → [`extract`] → [`window`] (closed by the
+//! timer or by size) → [`flush`] (enrich, publish) → [`ack`]. Manual acks only after every named
+//! customer or contact is confirmed downstream.
+//!
+//! [`extract`]: super::extract
+//! [`window`]: super::window
+//! [`flush`]: super::flush
+//! [`ack`]: super::ack
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
 use serde_json::Value;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Extracted, Mapping};
-use crate::ack::AckTracker;
+use super::ack::AckTracker;
+use super::extract::{Extracted, Mapping};
+use super::flush::{self, FlushOutcome, RefusedDeliveries, Stages};
+use super::window::{self, Coalescer, Contribution, DeliveryTag, Flush, Limits};
+use crate::amqp::link::Reconnect;
+use crate::amqp::message::{self, header};
 use crate::amqp::publisher::Outgoing;
 use crate::config::{AmqpSettings, WindowSettings};
 use crate::persist::dead_letter;
-use crate::publish::RecordSink;
-use crate::publish::flush::{self, FlushOutcome, RefusedDeliveries};
-use crate::window::{Coalescer, Contribution, DeliveryTag, Flush, Limits};
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A parked event's confirm may take this long before the event is returned to the inbox instead.
 const PARK_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -38,7 +43,7 @@ pub struct Pipeline {
     pub amqp: AmqpSettings,
     pub window: WindowSettings,
     pub mapping: Mapping,
-    pub sink: RecordSink,
+    pub stages: Stages,
     pub connection_name: String,
 }
 
@@ -50,42 +55,25 @@ pub fn spawn(
     abort: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut backoff = reconnect_backoff(&pipeline.amqp);
-        while !stop.is_cancelled() {
-            let session = tokio::select! {
-                session = tokio::time::timeout(CONNECT_TIMEOUT, Session::open(&pipeline)) => session,
-                () = stop.cancelled() => break,
-            };
-            match session {
+        let mut reconnect = Reconnect::new(&pipeline.amqp, pipeline.connection_name.clone());
+        let setup_timeout = Duration::from_millis(pipeline.amqp.connect_timeout_ms);
+        while let Some(connection) = reconnect.connect(&stop).await {
+            match tokio::time::timeout(setup_timeout, Session::open(connection, &pipeline)).await {
                 Ok(Ok(mut session)) => {
                     info!(queues = ?pipeline.amqp.inbox_queues(), "inbox consumer up");
-                    backoff = reconnect_backoff(&pipeline.amqp);
+                    reconnect.up();
                     let end = session.run(&pipeline, &stop, &abort).await;
                     session.close().await;
                     if let Some(reason) = end {
-                        warn!(reason = %reason, "inbox consumer lost; unacked deliveries return to the queue");
+                        reconnect.lost(&reason);
                     }
                 }
-                Ok(Err(error)) => warn!(error = %error, "inbox consumer could not connect"),
-                Err(_) => warn!("inbox consumer connection attempt timed out"),
-            }
-            let delay = backoff.next().unwrap_or(Duration::from_secs(2));
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = stop.cancelled() => break,
+                Ok(Err(error)) => reconnect.failed(&error.to_string()),
+                Err(_) => reconnect.failed("inbox consumer set-up timed out"),
             }
         }
         info!("inbox consumer stopped");
     })
-}
-
-fn reconnect_backoff(amqp: &AmqpSettings) -> backon::ExponentialBackoff {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_millis(amqp.reconnect_max_delay_ms))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 struct Session {
@@ -98,12 +86,10 @@ struct Session {
 }
 
 impl Session {
-    async fn open(pipeline: &Pipeline) -> Result<Session, lapin::Error> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(pipeline.connection_name.as_str().into());
-        // The configured heartbeat, not the broker's 60 s: over a half-open link the deliveries this
-        // session holds stay unacked (and invisible to every other consumer) until one side notices.
-        let connection = crate::amqp::connect::connect(&pipeline.amqp, properties).await?;
+    /// The configured heartbeat matters here, not the broker's 60 s: over a half-open link the
+    /// deliveries this session holds stay unacked (and invisible to every other consumer) until one
+    /// side notices.
+    async fn open(connection: Connection, pipeline: &Pipeline) -> Result<Session, lapin::Error> {
         let channel = connection.create_channel().await?;
         crate::amqp::topology::declare(&channel, &pipeline.amqp).await?;
         // The prefetch exceeds the largest window (validated at start), so a window can always fill.
@@ -201,7 +187,7 @@ impl Session {
                     Ok(deferral) => driver.on_deferral_done(deferral).await,
                     Err(error) => Err(format!("retry-queue move failed: {error}")),
                 },
-                () = sleep_until(deadline), if deadline.is_some() => {
+                () = window::timer::until(deadline), if deadline.is_some() => {
                     for flush in driver.coalescer.drain_due(Instant::now()) {
                         driver.start_flush(flush);
                     }
@@ -224,13 +210,6 @@ impl Session {
 type Deliveries = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<lapin::message::Delivery, String>> + Send + Sync>,
 >;
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// The state of one consumer session. Delivery tags are only valid on their channel, so all of it
 /// is dropped with the session; unacked deliveries are redelivered to the next one.
@@ -287,11 +266,11 @@ impl<'a> Driver<'a> {
             return;
         }
         self.busy_apps.insert(flush.app_id.clone(), VecDeque::new());
-        let sink = self.pipeline.sink.clone();
+        let stages = self.pipeline.stages.clone();
         let abort = self.abort.clone();
         let span = info_span!("flush", app_id = %flush.app_id, entity = flush.entity.as_str(), reason = flush.reason.as_str(), ids = flush.ids.len());
         self.flushes
-            .spawn(async move { flush::run(flush, &sink, &abort).await }.instrument(span));
+            .spawn(async move { flush::run(flush, &stages, &abort).await }.instrument(span));
     }
 
     /// Routes one inbox delivery: no ids → ack now; ids → into the window, acked later.
@@ -370,7 +349,7 @@ impl<'a> Driver<'a> {
             mandatory: true,
         };
         let (tag, app_id) = (delivery.delivery_tag, app_id.to_owned());
-        let publisher = self.pipeline.sink.publisher.clone();
+        let publisher = self.pipeline.stages.publish.publisher().clone();
         self.deferrals.spawn(async move {
             let moved = match tokio::time::timeout(PARK_TIMEOUT, publisher.publish(message)).await {
                 Ok(Ok(())) => Ok(()),
@@ -444,7 +423,7 @@ impl<'a> Driver<'a> {
             refused.code,
             &refused.detail,
         );
-        let publisher = &self.pipeline.sink.publisher;
+        let publisher = self.pipeline.stages.publish.publisher();
         match tokio::time::timeout(PARK_TIMEOUT, publisher.publish(letter)).await {
             Ok(Ok(())) => {
                 crate::metrics::dead_letter(dead_letter::WEILING_REFUSED);
@@ -545,19 +524,13 @@ struct InboxEvent {
 
 impl InboxEvent {
     fn parse(delivery: &lapin::message::Delivery) -> Option<InboxEvent> {
-        let headers = delivery.properties.headers().as_ref()?.inner();
-        let text = |name: &str| match headers.get(name) {
-            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-            Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
-            _ => None,
-        };
-        let received_at_ms = match headers.get("received_at") {
-            Some(AMQPValue::LongLongInt(ms)) => u64::try_from(*ms).unwrap_or_default(),
-            _ => 0,
-        };
+        let headers = delivery.properties.headers().as_ref();
+        let received_at_ms = message::integer(headers, header::RECEIVED_AT)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .unwrap_or_default();
         Some(InboxEvent {
-            app_id: text("app_id")?,
-            event_type: text("event_type")?,
+            app_id: message::text(headers, header::APP_ID)?,
+            event_type: message::text(headers, header::EVENT_TYPE)?,
             received_at_ms,
             body: serde_json::from_slice(&delivery.data).ok()?,
         })

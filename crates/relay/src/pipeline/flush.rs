@@ -1,23 +1,30 @@
-//! One closed window end to end: a batch call per ≤100 ids, then one confirmed record per id.
+//! One closed window through the two stages after it: a Weiling batch call per ≤100 ids ([`enrich`]),
+//! then one confirmed record per id ([`publish`]). What became of each id goes back to the consumer,
+//! which acks, requeues or parks the deliveries that named it.
+//!
+//! [`enrich`]: super::enrich
+//! [`publish`]: super::publish
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use futures::future::join_all;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use weiling_proto::unix_ms;
 
-use super::RecordSink;
-use super::record::{self, Op, Record};
-use crate::enrich::{EnrichError, Isolated, RefusedId};
-use crate::verify::unix_ms;
-use crate::window::{DeliveryTag, Flush};
-use serde_json::value::RawValue;
+use super::enrich::{EnrichError, Isolated, MAX_BATCH_IDS, RefusedId, WeilingClient};
+use super::publish::RecordPublisher;
+use super::publish::record::{Op, Record};
+use super::window::{DeliveryTag, Flush};
 
-/// Weiling's documented batch cap.
-pub const BATCH_CAP: usize = 100;
-/// One record publish may wait this long for its confirm before it is retried.
-const CONFIRM_WAIT: Duration = Duration::from_secs(15);
+/// The stages a closed window passes through; cloned into each flush task.
+#[derive(Clone)]
+pub struct Stages {
+    pub enrich: WeilingClient,
+    pub publish: RecordPublisher,
+}
 
 /// What became of a flush, per id: the deliveries of confirmed ids may be acked, the others not.
 #[derive(Debug, Default)]
@@ -43,21 +50,20 @@ pub struct RefusedDeliveries {
     pub deliveries: Vec<DeliveryTag>,
 }
 
-/// Enriches and publishes one flush. Publishing retries until confirmed or `abort` fires, because the
-/// inputs stay unacked (durable) meanwhile and a nack or a lost link is usually short.
-pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> FlushOutcome {
+/// Enriches and publishes one flush. Publishing retries until confirmed or `abort` fires.
+pub async fn run(flush: Flush, stages: &Stages, abort: &CancellationToken) -> FlushOutcome {
     let mut outcome = FlushOutcome {
         app_id: flush.app_id.clone(),
         ..FlushOutcome::default()
     };
     let ids: Vec<String> = flush.ids.keys().cloned().collect();
-    for chunk in ids.chunks(BATCH_CAP) {
+    for chunk in ids.chunks(MAX_BATCH_IDS) {
         outcome.batch_calls += 1;
-        let fetched = sink
-            .client
+        let fetched = stages
+            .enrich
             .fetch_isolating(&flush.app_id, flush.entity, chunk, abort)
             .await;
-        if let Some(state) = sink.client.breaker_state(&flush.app_id) {
+        if let Some(state) = stages.enrich.breaker_state(&flush.app_id) {
             crate::metrics::circuit_state(&flush.app_id, state.as_gauge());
         }
         let Isolated {
@@ -80,12 +86,12 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
         };
         outcome.batch_calls += calls.saturating_sub(1);
         let fetched_at_ms = unix_ms(std::time::SystemTime::now());
-        let records: std::collections::HashMap<&str, &RawValue> = fetched
+        let records: HashMap<&str, &RawValue> = fetched
             .records
             .iter()
             .map(|(id, r)| (id.as_str(), &**r))
             .collect();
-        let refused: std::collections::HashMap<String, RefusedId> =
+        let refused: HashMap<String, RefusedId> =
             refused.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut publishes = Vec::new();
         for id in chunk {
@@ -109,23 +115,19 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
             // Every fetched state is published, even one equal to the last this process sent:
             // other replicas, a failover, `reconcile` or `dlq replay` may have published another
             // state since, and only this one is known to be Weiling's now.
-            let message = record::message(
-                &sink.exchange,
-                &Record {
-                    entity: flush.entity,
-                    app_id: &flush.app_id,
-                    id,
-                    op,
-                    record,
-                    source,
-                    fetched_at_ms,
-                },
-                sink.sign_key.as_ref(),
-            );
+            let message = stages.publish.message(&Record {
+                entity: flush.entity,
+                app_id: &flush.app_id,
+                id,
+                op,
+                record,
+                source,
+                fetched_at_ms,
+            });
             let first_event_at_ms = source.first_event_at_ms;
             publishes.push(async move {
                 let started = std::time::Instant::now();
-                let confirmed = publish_until_confirmed(sink, message, abort).await;
+                let confirmed = stages.publish.publish_until_confirmed(message, abort).await;
                 if confirmed {
                     let now_ms = unix_ms(std::time::SystemTime::now());
                     let since_first_event =
@@ -153,37 +155,6 @@ pub async fn run(flush: Flush, sink: &RecordSink, abort: &CancellationToken) -> 
     }
     debug!(app_id = %outcome.app_id, reason = flush.reason.as_str(), records = outcome.records, missing = outcome.missing, failed = outcome.failed.len(), "flush done");
     outcome
-}
-
-async fn publish_until_confirmed(
-    sink: &RecordSink,
-    message: crate::amqp::Outgoing,
-    abort: &CancellationToken,
-) -> bool {
-    let mut backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    loop {
-        let attempt = tokio::time::timeout(CONFIRM_WAIT, sink.publisher.publish(message.clone()));
-        let error = tokio::select! {
-            result = attempt => match result {
-                Ok(Ok(())) => return true,
-                Ok(Err(error)) => error.as_str(),
-                Err(_) => "timeout",
-            },
-            () = abort.cancelled() => return false,
-        };
-        crate::metrics::publish_failed(error);
-        debug!(error, "record publish failed; retrying");
-        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = abort.cancelled() => return false,
-        }
-    }
 }
 
 /// A failure a retry cannot fix: the request itself is wrong, or Weiling refused it for good.

@@ -1,4 +1,4 @@
-//! `TestApp`: a relay on port 0 with per-test AMQP names, a sender that seals callbacks like Weiling,
+//! `InProcessRig`: a relay on port 0 with per-test AMQP names, a sender that seals callbacks like Weiling,
 //! and an inspector that reads the inbox and dead-letter queues. `teardown` deletes what a test made.
 
 use std::net::TcpListener;
@@ -31,7 +31,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-pub struct TestApp {
+pub struct InProcessRig {
     pub relay: Option<Relay>,
     pub base: String,
     pub app_id: String,
@@ -68,18 +68,18 @@ impl Spawn {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
+pub async fn spawn_app() -> InProcessRig {
     spawn_with(Spawn::default()).await
 }
 
-pub async fn spawn_with(options: Spawn) -> TestApp {
+pub async fn spawn_with(options: Spawn) -> InProcessRig {
     // TEST_LOG=debug (or any filter) shows the relay's logs while debugging a test.
     if let Ok(filter) = std::env::var("TEST_LOG") {
         relay::telemetry::init(Some(&filter));
     }
     let prefix = unique("relay");
     let app_id = format!("wloa{}", prefix.replace('-', ""));
-    let app = scenario::TestApp {
+    let app = scenario::WeilingApp {
         app_id: app_id.clone(),
         app_secret: "test-app-secret".into(),
         token: TOKEN.into(),
@@ -111,7 +111,7 @@ pub async fn spawn_with(options: Spawn) -> TestApp {
         .await
         .expect("inspector connects to the broker");
     let channel = connection.create_channel().await.unwrap();
-    let app = TestApp {
+    let app = InProcessRig {
         relay: Some(relay),
         base,
         app_id,
@@ -148,7 +148,7 @@ pub fn nonce() -> String {
     unique("n").replace('-', "")
 }
 
-impl TestApp {
+impl InProcessRig {
     pub fn inbox(&self) -> &str {
         &self.settings.amqp.inbox_queue
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::window::coalescer::DeliveryTag;
+use crate::pipeline::window::coalescer::DeliveryTag;
 
 /// Counts, per delivery, the distinct ids still waiting for their records' confirms.
 #[derive(Debug, Default)]

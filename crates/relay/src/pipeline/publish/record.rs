@@ -4,16 +4,16 @@
 
 use hmac::{KeyInit, Mac};
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::amqp::Outgoing;
+use crate::amqp::message::{self, header};
 use crate::entity::Entity;
-use crate::persist::inbox::PERSISTENT;
-use crate::window::coalescer::IdSource;
+use crate::pipeline::window::coalescer::IdSource;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -108,9 +108,6 @@ pub fn content_hash(
     )
 }
 
-/// The header carrying [`content_hash`].
-pub const CONTENT_HASH_HEADER: &str = "x-content-sha256";
-
 /// A fresh `message_id` for one publication: the message keeps it through publish retries and
 /// broker redeliveries, but a new fetch of the same customer gets a new one, so a consumer that
 /// drops ids it has seen never drops a real change (A → B → A included). Content equality is the
@@ -158,26 +155,17 @@ fn build(
     };
     // Serialising these plain structs cannot fail; an empty body would be refused downstream anyway.
     let body = serde_json::to_vec(&body).unwrap_or_default();
-    let fetched_at = i64::try_from(r.fetched_at_ms).unwrap_or(i64::MAX);
     let mut headers = FieldTable::default();
-    headers.insert("app_id".into(), AMQPValue::LongString(r.app_id.into()));
-    headers.insert(
-        r.entity.id_field().into(),
-        AMQPValue::LongString(r.id.into()),
-    );
-    headers.insert("fetched_at".into(), AMQPValue::LongLongInt(fetched_at));
-    headers.insert(
-        CONTENT_HASH_HEADER.into(),
-        AMQPValue::LongString(content_hash(r.entity, r.app_id, r.id, r.op, r.record).into()),
-    );
+    message::put_text(&mut headers, header::APP_ID, r.app_id);
+    message::put_text(&mut headers, r.entity.id_field(), r.id);
+    message::put_integer(&mut headers, header::FETCHED_AT, r.fetched_at_ms);
+    let hash = content_hash(r.entity, r.app_id, r.id, r.op, r.record);
+    message::put_text(&mut headers, header::CONTENT_HASH, &hash);
     if let Some(signature) = sign_key.and_then(|key| sign(key, &body)) {
-        headers.insert(
-            "x-signature".into(),
-            AMQPValue::LongString(signature.into()),
-        );
+        message::put_text(&mut headers, header::SIGNATURE, &signature);
     }
     let properties = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
+        .with_delivery_mode(message::PERSISTENT)
         .with_content_type("application/json".into())
         .with_message_id(publication_id().as_str().into())
         .with_timestamp(r.fetched_at_ms / 1000)
@@ -210,6 +198,7 @@ fn sign(key: &SecretString, body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::AMQPValue;
     use serde_json::Value;
 
     fn header(out: &Outgoing, name: &str) -> String {
@@ -268,7 +257,7 @@ mod tests {
             Some("customer.upsert")
         );
         assert_eq!(p.message_id().as_ref().map(|s| s.as_str().len()), Some(32));
-        assert_eq!(header(&out, CONTENT_HASH_HEADER).len(), 64);
+        assert_eq!(header(&out, header::CONTENT_HASH).len(), 64);
         assert!(
             p.headers()
                 .as_ref()
@@ -310,8 +299,8 @@ mod tests {
             "each publication has its own message_id"
         );
         assert_eq!(
-            header(&out, CONTENT_HASH_HEADER),
-            header(&again, CONTENT_HASH_HEADER),
+            header(&out, header::CONTENT_HASH),
+            header(&again, header::CONTENT_HASH),
             "the same state has the same content hash"
         );
         assert_eq!(out.routing_key, "customer.wloa1.upsert");

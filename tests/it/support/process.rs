@@ -122,7 +122,7 @@ pub struct ProcessRig {
 
 impl ProcessRig {
     pub async fn start(name: &str) -> ProcessRig {
-        Self::start_on(name, crate::helpers::SHARED_BROKER).await
+        Self::start_on(name, crate::support::in_process::SHARED_BROKER).await
     }
 
     /// The same against another broker (a private node the test may stop).
@@ -132,7 +132,7 @@ impl ProcessRig {
 
     /// With extra environment for the relay (settings the topology depends on, such as partitions).
     pub async fn start_with(name: &str, amqp_url: &str, extra: &[(&str, &str)]) -> ProcessRig {
-        use crate::helpers::{AES_KEY, TOKEN, unique};
+        use crate::support::in_process::{AES_KEY, TOKEN, unique};
         use lapin::options::{QueueBindOptions, QueueDeclareOptions};
         use lapin::types::FieldTable;
 
@@ -148,7 +148,7 @@ impl ProcessRig {
 
         let prefix = unique(name);
         let port = free_port();
-        let app = relay_harness::scenario::TestApp {
+        let app = relay_harness::scenario::WeilingApp {
             app_id: app_id.clone(),
             app_secret: app_secret.clone(),
             token: TOKEN.into(),
@@ -229,8 +229,8 @@ impl ProcessRig {
         std::sync::Arc::new(
             relay::verify::AppKeys::new(
                 &self.app_id,
-                &SecretString::from(crate::helpers::TOKEN),
-                &SecretString::from(crate::helpers::AES_KEY),
+                &SecretString::from(crate::support::in_process::TOKEN),
+                &SecretString::from(crate::support::in_process::AES_KEY),
                 true,
             )
             .unwrap(),
