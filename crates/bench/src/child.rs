@@ -37,10 +37,7 @@ impl Server {
         env: &HashMap<String, String>,
         ticks_per_s: f64,
     ) -> Result<Server, BenchError> {
-        let listen = env
-            .get("WEILING_RELAY__SERVER__LISTEN")
-            .cloned()
-            .unwrap_or_default();
+        let listen = listen_of(env);
         Self::spawn(
             name,
             &["bench", "--ceiling-server", &listen],
@@ -55,10 +52,7 @@ impl Server {
         env: &HashMap<String, String>,
         ticks_per_s: f64,
     ) -> Result<Server, BenchError> {
-        let listen = env
-            .get("WEILING_RELAY__SERVER__LISTEN")
-            .cloned()
-            .unwrap_or_default();
+        let listen = listen_of(env);
         let child = Command::new(own_binary()?)
             .args(args)
             .env_clear()
@@ -173,4 +167,11 @@ fn own_binary() -> Result<PathBuf, BenchError> {
 pub fn free_address() -> Result<String, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.to_string())
+}
+
+/// The address a child server listens on, from the environment it is started with.
+fn listen_of(env: &HashMap<String, String>) -> String {
+    env.get("WEILING_RELAY__SERVER__LISTEN")
+        .cloned()
+        .unwrap_or_default()
 }

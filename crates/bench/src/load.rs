@@ -7,16 +7,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rand::distr::{Alphanumeric, SampleString};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
 use super::workload::Workload;
-use relay::verify::seal::seal_event;
+use weiling_proto::callback::seal::seal_event_now;
 
 /// How often the scheduler wakes to launch the requests that fell due (tokio's timer resolution).
 const TICK: Duration = Duration::from_millis(1);
@@ -291,13 +290,7 @@ struct Request {
 async fn one_request(r: Request) {
     let started = Instant::now();
     let (customer, event) = r.workload.next_event();
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-        .to_string();
-    let nonce = Alphanumeric.sample_string(&mut rand::rng(), 16);
-    let sealed = seal_event(r.workload.app(), &event, &timestamp, &nonce);
+    let sealed = seal_event_now(r.workload.app(), &event);
     let url = format!("{}?{}", r.url, sealed.query.to_query_string());
     let sent = r
         .client

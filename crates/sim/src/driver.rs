@@ -1,14 +1,13 @@
 //! The callback sender: seals events like Weiling, POSTs them to the relay and retries until `success`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use rand::distr::{Alphanumeric, SampleString};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
 use weiling_proto::callback::AppKeys;
-use weiling_proto::callback::seal::seal_event;
+use weiling_proto::callback::seal::seal_event_now;
 
 /// The longest `Retry-After` the driver waits, so a relay asking for minutes cannot stall a test run.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -158,13 +157,7 @@ impl CallbackDriver {
     }
 
     async fn attempt(&self, event_json: &[u8]) -> Attempt {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default()
-            .to_string();
-        let nonce = Alphanumeric.sample_string(&mut rand::rng(), 16);
-        let sealed = seal_event(&self.app, event_json, &timestamp, &nonce);
+        let sealed = seal_event_now(&self.app, event_json);
         let url = format!("{}?{}", self.url, sealed.query.to_query_string());
         let started = Instant::now();
         let sent = self

@@ -1,6 +1,9 @@
 //! The sender's side of the scheme: encrypt and sign a callback exactly as Weiling does. The
 //! simulator, the demo, the benchmarks and the tests all build their callbacks with it.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::distr::{Alphanumeric, SampleString};
 use secrecy::ExposeSecret;
 
 use super::{AppKeys, CallbackQuery, signature};
@@ -21,6 +24,18 @@ pub fn seal_event(
 ) -> SealedCallback {
     let encrypt_msg = app.key().encrypt(event_json, app.app_id());
     seal_ciphertext(app, app.app_id(), &encrypt_msg, timestamp, nonce)
+}
+
+/// [`seal_event`] as Weiling sends a callback now: the current Unix time in seconds and a fresh
+/// 16-character nonce.
+pub fn seal_event_now(app: &AppKeys, event_json: &[u8]) -> SealedCallback {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+        .to_string();
+    let nonce = Alphanumeric.sample_string(&mut rand::rng(), 16);
+    seal_event(app, event_json, &timestamp, &nonce)
 }
 
 /// Signs an already encrypted message with `app`'s token and addresses it to `to_app`; tests use it to
