@@ -355,3 +355,37 @@ async fn ready_within(base: &str, within: Duration) -> bool {
     }
     false
 }
+
+/// `amqp.url` may list the nodes of a cluster: the relay connects to one that answers, whatever the
+/// shuffled order, past a node that refuses and one that accepts TCP but never speaks AMQP.
+#[tokio::test]
+async fn a_url_listing_dead_nodes_connects_to_the_live_one() {
+    let refused = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    // Accepted by the kernel's backlog, never answered: only the connect timeout ends the attempt.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{refused}/%2f, amqp://guest:guest@127.0.0.1:{silent_port}/%2f,{SHARED_BROKER}"
+    );
+    // Three relays, so the live node is rarely first every time.
+    for round in 0..3 {
+        let app = spawn_with(
+            Spawn {
+                amqp_url: url.clone(),
+                ..Spawn::default()
+            }
+            .set("WEILING_RELAY__AMQP__CONNECT_TIMEOUT_MS", 1000),
+        )
+        .await;
+        let callback = app.callback(&format!("cust-list-{round}"));
+        let answer = app.post(&callback).await;
+        assert_eq!(answer.status, 200, "round {round}: {}", answer.body);
+        assert_eq!(answer.body, "success");
+        assert_eq!(app.depth(app.inbox()).await, 1, "stored on the live node");
+        app.teardown().await;
+    }
+    drop(silent);
+}

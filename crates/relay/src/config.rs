@@ -107,6 +107,17 @@ pub struct AmqpSettings {
 pub const MAX_INBOX_PARTITIONS: u16 = 64;
 
 impl AmqpSettings {
+    /// The broker nodes of `url`: one address, or several separated by commas (the nodes of one
+    /// cluster), each tried in turn when connecting.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     /// The inbox queues: `inbox_queue` itself, or with P > 1 partitions `inbox_queue.0` … `inbox_queue.{P-1}`.
     pub fn inbox_queues(&self) -> Vec<String> {
         if self.inbox_partitions <= 1 {
@@ -399,8 +410,16 @@ fn serialize_masked_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok
     s.serialize_str(&mask_url_password(url.expose_secret()))
 }
 
-/// `amqp://user:pass@host/vhost` → `amqp://user:********@host/vhost`, so URLs can be printed and logged.
+/// `amqp://user:pass@host/vhost` → `amqp://user:********@host/vhost`, so URLs can be printed and logged;
+/// a list of addresses is masked address by address.
 pub fn mask_url_password(url: &str) -> String {
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(|one| mask_url_password(one.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -532,12 +551,13 @@ impl Settings {
         positive("server.drain_deadline_ms", s.drain_deadline_ms)?;
 
         let a = &self.amqp;
-        let url = a.url.expose_secret();
-        let tls = url.starts_with("amqps://");
-        if !tls && !url.starts_with("amqp://") {
+        let addresses = a.addresses();
+        let tls = addresses.iter().all(|url| url.starts_with("amqps://"));
+        let plain = addresses.iter().all(|url| url.starts_with("amqp://"));
+        if addresses.is_empty() || !(tls || plain) {
             return Err(ConfigError::invalid(
                 "amqp.url",
-                "must start with amqp:// or amqps:// (TLS)",
+                "must be one or more comma-separated addresses, all amqp:// or all amqps:// (TLS)",
             ));
         }
         if !a.tls_ca_file.is_empty() {
@@ -924,6 +944,12 @@ mod tests {
             ("WEILING_RELAY__WINDOW__MAX_IDS", "101", "window.max_ids"),
             ("WEILING_RELAY__AMQP__URL", "http://x", "amqp.url"),
             (
+                "WEILING_RELAY__AMQP__URL",
+                "amqp://h1/,amqps://h2/",
+                "amqp.url",
+            ),
+            ("WEILING_RELAY__AMQP__URL", " , ", "amqp.url"),
+            (
                 "WEILING_RELAY__AMQP__TLS_CA_FILE",
                 "/nonexistent/ca.pem",
                 "amqp.tls_ca_file",
@@ -1242,5 +1268,9 @@ mod tests {
         assert_eq!(mask_url_password("amqp://u:p@h"), "amqp://u:********@h");
         assert_eq!(mask_url_password("amqp://u@h/v"), "amqp://u:********@h/v");
         assert_eq!(mask_url_password("garbage"), "garbage");
+        assert_eq!(
+            mask_url_password("amqp://u:p@h1/%2f, amqp://u:q@h2/%2f"),
+            "amqp://u:********@h1/%2f,amqp://u:********@h2/%2f"
+        );
     }
 }

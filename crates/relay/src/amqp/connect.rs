@@ -1,9 +1,11 @@
 //! Opening a broker connection the way every part of the relay does: the configured heartbeat, and
 //! for `amqps://` TLS (rustls) verified against the system's roots plus `amqp.tls_ca_file`.
 
+use std::time::Duration;
+
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
-use secrecy::ExposeSecret;
+use rand::seq::SliceRandom;
 
 use crate::config::AmqpSettings;
 
@@ -18,12 +20,37 @@ pub fn read_ca_file(path: &str) -> Result<String, String> {
     Ok(pem)
 }
 
-/// Connects to `amqp.url` with the configured heartbeat (an `amqps://` URL over TLS).
+/// Connects to one of `amqp.url`'s addresses with the configured heartbeat (an `amqps://` URL over
+/// TLS). Several addresses (the nodes of one cluster) are tried in a shuffled order, so replicas
+/// spread over the nodes and a dead node costs one refused or timed-out attempt; each attempt is
+/// bounded by `amqp.connect_timeout_ms`. The error is the last address's.
 pub async fn connect(
     amqp: &AmqpSettings,
     properties: ConnectionProperties,
 ) -> Result<Connection, lapin::Error> {
-    let uri = with_heartbeat(amqp.url.expose_secret(), amqp.heartbeat_s);
+    let mut addresses = amqp.addresses();
+    addresses.shuffle(&mut rand::rng());
+    let timeout = Duration::from_millis(amqp.connect_timeout_ms);
+    let mut last = None;
+    for address in addresses {
+        match tokio::time::timeout(timeout, connect_one(amqp, address, properties.clone())).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(error)) => last = Some(error),
+            Err(_) => {
+                let message = format!("no connection within {} ms", timeout.as_millis());
+                last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, message).into());
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("amqp.url names no address").into()))
+}
+
+async fn connect_one(
+    amqp: &AmqpSettings,
+    address: &str,
+    properties: ConnectionProperties,
+) -> Result<Connection, lapin::Error> {
+    let uri = with_heartbeat(address, amqp.heartbeat_s);
     if amqp.tls_ca_file.is_empty() {
         return Connection::connect(&uri, properties).await;
     }

@@ -1,8 +1,9 @@
 //! How every broker connection of the relay is opened and kept: the publisher, the inbox consumer,
-//! the mirror and `dlq replay` all connect through [`Reconnect`]. One attempt is bounded by
-//! `amqp.connect_timeout_ms` and uses [`connect`](super::connect::connect) (heartbeat, TLS); after a
-//! failed attempt or a lost link the next one waits a capped, jittered exponential backoff
-//! (`amqp.reconnect_max_delay_ms`), reset once a link came up.
+//! the mirror and `dlq replay` all connect through [`Reconnect`]. One attempt tries `amqp.url`'s
+//! addresses in a shuffled order, each bounded by `amqp.connect_timeout_ms`
+//! ([`connect`](super::connect::connect): heartbeat, TLS); after a failed attempt or a lost link
+//! the next one waits a capped, jittered exponential backoff (`amqp.reconnect_max_delay_ms`), reset
+//! once a link came up.
 
 use std::time::Duration;
 
@@ -47,17 +48,14 @@ impl Reconnect {
         &self.name
     }
 
-    /// One attempt, bounded by the connect timeout; the error is text fit for a log line (the URL's
-    /// password never appears in lapin's errors).
+    /// One attempt over the configured addresses, each bounded by the connect timeout; the error is
+    /// text fit for a log line (the URL's password never appears in lapin's errors).
     pub async fn attempt(&self) -> Result<Connection, String> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let timeout = Duration::from_millis(self.amqp.connect_timeout_ms);
-        match tokio::time::timeout(timeout, super::connect::connect(&self.amqp, properties)).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no connection within {} ms", timeout.as_millis())),
-        }
+        super::connect::connect(&self.amqp, properties)
+            .await
+            .map_err(|error| error.to_string())
     }
 
     /// The delay before the next attempt.

@@ -162,15 +162,14 @@ async fn supervise(
     abort: CancellationToken,
 ) {
     let mut reconnect = Reconnect::new(&settings, connection_name);
-    let setup_timeout = Duration::from_millis(settings.connect_timeout_ms);
     loop {
         state.send_replace(LinkState::Connecting);
         let opened = tokio::select! {
-            opened = tokio::time::timeout(setup_timeout, Link::open(&reconnect, &settings)) => opened,
+            opened = Link::open(&reconnect, &settings) => opened,
             _ = abort.cancelled() => break,
         };
         match opened {
-            Ok(Ok((link, mut events))) => {
+            Ok((link, mut events)) => {
                 reconnect.up();
                 state.send_replace(LinkState::Ready);
                 let end = link
@@ -182,8 +181,7 @@ async fn supervise(
                     LinkEnd::Broken(reason) => reconnect.lost(&reason),
                 }
             }
-            Ok(Err(error)) => reconnect.failed(&error),
-            Err(_) => reconnect.failed("channel set-up timed out"),
+            Err(error) => reconnect.failed(&error),
         }
         state.send_replace(LinkState::Down);
         let wait = tokio::time::sleep(reconnect.next_delay());
@@ -233,19 +231,27 @@ struct Link {
 type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 impl Link {
+    /// Connects (over the configured addresses), then sets the channel up within the connect timeout.
     async fn open(
         reconnect: &Reconnect,
         settings: &AmqpSettings,
     ) -> Result<(Link, Events), String> {
         let connection = reconnect.attempt().await?;
         let events: Events = Box::pin(connection.events_listener());
-        let text = |error: lapin::Error| error.to_string();
-        let channel = connection.create_channel().await.map_err(text)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(text)?;
-        topology::declare(&channel, settings).await.map_err(text)?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            topology::declare(&channel, settings).await?;
+            Ok::<_, lapin::Error>(channel)
+        };
+        let timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let channel = match tokio::time::timeout(timeout, setup).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("channel set-up timed out".to_owned()),
+        };
         Ok((
             Link {
                 connection,
