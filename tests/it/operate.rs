@@ -438,9 +438,13 @@ async fn a_flood_of_forged_callbacks_is_counted_exactly_and_logged_in_summaries(
         .buffer_unordered(32)
         .collect()
         .await;
+    let mut answered: std::collections::BTreeMap<u16, usize> = std::collections::BTreeMap::new();
+    for status in &statuses {
+        *answered.entry(*status).or_default() += 1;
+    }
     assert!(
         statuses.iter().all(|s| *s == 401),
-        "every forged callback refused"
+        "every forged callback refused; answers by status (0 = no HTTP answer): {answered:?}"
     );
 
     let text = reqwest::get(format!("{}/metrics", rig.base))
