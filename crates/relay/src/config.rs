@@ -1177,11 +1177,8 @@ mod tests {
                 "progress_add",
                 "tag_update",
                 "tag_update_v2",
-            ]
-        );
-        assert!(
-            !s.events.contains_key("update_customer"),
-            "never sent by Weiling"
+            ],
+            "exactly the catalog's names, as Weiling sends them (企微好友更新 is customer_update)"
         );
         assert_eq!(
             s.events["company_add"].rules[0].each.as_deref(),
