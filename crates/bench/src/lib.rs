@@ -7,6 +7,7 @@
 //! so their memory, descriptors and CPU are read from `/proc` without the generator in them.
 
 mod ceiling;
+mod charts;
 mod child;
 mod load;
 mod procfs;
@@ -74,6 +75,8 @@ pub enum BenchError {
     Json(#[from] serde_json::Error),
     #[error("interrupted")]
     Interrupted,
+    #[error(transparent)]
+    Chart(#[from] charts::ChartError),
 }
 
 /// Customers of the skewed workload (the 10,000).
@@ -86,6 +89,8 @@ const GENERATOR_MAX_IN_FLIGHT: usize = 4096;
 /// Past the answer budget, so a late answer is measured rather than cut off.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const AMQP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The steady run's rate is half the MSR, but never below this in a full run.
+const STEADY_MIN_RATE: f64 = 1000.0;
 const COOL_DOWN: Duration = Duration::from_millis(700);
 
 /// Durations and step counts: the full run and the one-minute `--quick` one.
@@ -142,7 +147,7 @@ impl Plan {
                 settle_limit: Duration::from_secs(60),
                 drain_limit: Duration::from_secs(90),
                 recovery: Duration::from_secs(10),
-                steady_measure: Duration::from_secs(600),
+                steady_measure: Duration::from_secs(1200),
                 sample_every: Duration::from_secs(30),
                 progress_every: Duration::from_secs(60),
             }
@@ -353,6 +358,7 @@ impl Bench {
             steady: None,
             targets: Vec::new(),
             problems: Vec::new(),
+            charts: Vec::new(),
         };
         Ok(Bench {
             plan,
@@ -718,12 +724,14 @@ impl Bench {
         }
         let lag_samples = lags.len();
         let lag = Latency::of_ms(&lags);
+        let lag_cdf = load::cdf_ms(&lags);
         let acked = step.ok.max(1) as f64;
         let e2e = EndToEnd {
             relay: relay.to_owned(),
             rate,
             lag,
             lag_samples,
+            lag_cdf,
             batch_calls: calls.len() as u64,
             ids_requested: ids,
             records,
@@ -842,7 +850,13 @@ impl Bench {
         else {
             return Ok(());
         };
-        let rate = round_rate(msr * 0.5);
+        // Half the MSR, and at least the 1,000 req/s a plan for memory is made at (full runs).
+        let floor = if self.plan.quick {
+            0.0
+        } else {
+            STEADY_MIN_RATE
+        };
+        let rate = round_rate(msr * 0.5).max(floor);
         let settings = self.settings("steady", &[])?;
         let warmup = self.plan.warmup(&settings, rate);
         let total = warmup + self.plan.steady_measure;
@@ -1144,6 +1158,10 @@ impl Bench {
     fn write(&self) -> Result<(), BenchError> {
         let mut results = self.results.clone();
         results.judge();
+        results.charts = charts::write_all(&results, &self.out)?
+            .iter()
+            .filter_map(|path| path.file_name()?.to_str().map(str::to_owned))
+            .collect();
         std::fs::write(
             self.out.join("results.json"),
             serde_json::to_string_pretty(&results)? + "\n",

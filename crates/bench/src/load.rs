@@ -84,6 +84,21 @@ impl Latency {
     }
 }
 
+/// The cumulative distribution of sorted millisecond values as (ms, fraction within) points: every
+/// percent, then the tail at 99.5 and 99.9 %, then the maximum (what the lag chart draws).
+pub fn cdf_ms(sorted_ms: &[u32]) -> Vec<(f64, f64)> {
+    if sorted_ms.is_empty() {
+        return Vec::new();
+    }
+    let micros: Vec<u32> = sorted_ms.iter().map(|m| m.saturating_mul(1000)).collect();
+    let tail = [99.5, 99.9, 100.0];
+    (0..100)
+        .map(f64::from)
+        .chain(tail)
+        .map(|p| (percentile(&micros, p.max(1e-6)), p / 100.0))
+        .collect()
+}
+
 /// Nearest-rank percentile of sorted microseconds, in milliseconds.
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {

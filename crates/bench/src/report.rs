@@ -138,6 +138,10 @@ impl CostRow {
     }
 }
 
+/// The steady run's limits (issue figures): RSS after warm-up and growth from there to the end.
+const STEADY_RSS_LIMIT_MB: f64 = 150.0;
+const STEADY_GROWTH_LIMIT_PCT: f64 = 5.0;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Ingest {
     pub search: Search,
@@ -148,6 +152,16 @@ pub struct Ingest {
     pub cost: Vec<CostRow>,
 }
 
+impl Ingest {
+    /// Whole relay over bare handler, CPU seconds per 1,000 callbacks at the same rate (the cost rows
+    /// are in that order: bare, ingest only, whole relay).
+    pub fn cpu_ratio(&self) -> Option<f64> {
+        let bare = self.cost.first()?.server_s_per_1000;
+        let whole = self.cost.last()?.server_s_per_1000;
+        (self.cost.len() == 3 && bare > 0.0).then(|| whole / bare)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EndToEnd {
     pub relay: String,
@@ -156,6 +170,8 @@ pub struct EndToEnd {
     /// From callback received (the first in its window) to the record delivered to a consumer queue.
     pub lag: Latency,
     pub lag_samples: usize,
+    /// (ms, fraction of records within it), for the lag chart.
+    pub lag_cdf: Vec<(f64, f64)>,
     pub batch_calls: u64,
     pub ids_requested: u64,
     pub records: u64,
@@ -241,6 +257,8 @@ pub struct Results {
     pub steady: Option<Steady>,
     pub targets: Vec<TargetCheck>,
     pub problems: Vec<String>,
+    /// SVG files written beside results.md.
+    pub charts: Vec<String>,
 }
 
 impl Results {
@@ -325,11 +343,37 @@ impl Results {
             measured: per_callback.map_or("not measured".into(), |c| format!("{c:.4}")),
             met: per_callback.and_then(|c| judged(c <= 0.05)),
         });
-        let growth = self.steady.as_ref().and_then(|s| s.rss_growth_pct);
+        let cpu_ratio = self.ingest.as_ref().and_then(Ingest::cpu_ratio);
         targets.push(TargetCheck {
-            target: "RSS at the end of the steady run within 10 % of RSS after warm-up".into(),
+            target: "relay CPU per 1,000 callbacks (pipeline included) ≤ 1.2 × the bare handler's"
+                .into(),
+            measured: cpu_ratio.map_or("not measured".into(), |r| format!("{r:.2} ×")),
+            met: cpu_ratio.and_then(|r| judged(r <= 1.2)),
+        });
+        let steady = self.steady.as_ref();
+        let warm_mb = steady
+            .and_then(|s| s.after_warmup)
+            .map(|a| a.rss_kb as f64 / 1024.0);
+        targets.push(TargetCheck {
+            target: format!("steady run: relay RSS after warm-up ≤ {STEADY_RSS_LIMIT_MB:.0} MB"),
+            measured: warm_mb.map_or("not measured".into(), |m| format!("{m:.1} MB")),
+            met: warm_mb.and_then(|m| judged(m <= STEADY_RSS_LIMIT_MB)),
+        });
+        let growth = steady.and_then(|s| s.rss_growth_pct);
+        targets.push(TargetCheck {
+            target: format!(
+                "steady run: RSS growth from warm-up to the end ≤ {STEADY_GROWTH_LIMIT_PCT:.0} %"
+            ),
             measured: growth.map_or("not measured".into(), |g| format!("{g:+.1} %")),
-            met: growth.and_then(|g| judged(g.abs() <= 10.0)),
+            met: growth.and_then(|g| judged(g <= STEADY_GROWTH_LIMIT_PCT)),
+        });
+        let steady_errors = steady.map(|s| s.step.errors.values().sum::<u64>());
+        targets.push(TargetCheck {
+            target: "steady run: no callback answered with an error".into(),
+            measured: steady_errors.map_or("not measured".into(), |e| {
+                format!("{e} of {}", steady.map_or(0, |s| s.step.planned))
+            }),
+            met: steady_errors.and_then(|e| judged(e == 0)),
         });
         self.targets = targets;
     }
@@ -350,6 +394,7 @@ impl Results {
         }
         self.summary(&mut md);
         self.targets_table(&mut md);
+        self.charts_section(&mut md);
         if !self.problems.is_empty() {
             let _ = writeln!(md, "## Problems seen\n");
             for problem in &self.problems {
@@ -364,6 +409,28 @@ impl Results {
         self.no_window_section(&mut md);
         self.steady_section(&mut md);
         md
+    }
+
+    fn charts_section(&self, md: &mut String) {
+        if self.charts.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "## Charts\n");
+        for file in &self.charts {
+            let what = match file.as_str() {
+                crate::charts::ACK_LATENCY => {
+                    "Ack latency (p50, p99, p99.9) at every offered rate of both searches: the bare handler and the relay; a hollow mark is a step that failed."
+                }
+                crate::charts::STEADY => {
+                    "Relay RSS and CPU over the steady run; growth is judged from the end of the warm-up (vertical line)."
+                }
+                crate::charts::LAG => {
+                    "End-to-end lag as a cumulative distribution at 50 % of MSR, with the p99 target."
+                }
+                _ => "",
+            };
+            let _ = writeln!(md, "{what}\n\n![{file}]({file})\n");
+        }
     }
 
     fn summary(&self, md: &mut String) {

@@ -1,6 +1,6 @@
 //! Stage 8: an inbox delivery is acked only when every customer id it named is confirmed downstream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::pipeline::window::coalescer::DeliveryTag;
 
@@ -47,6 +47,95 @@ impl AckTracker {
     }
 }
 
+/// Which deliveries of one channel may be acked now, and how: one `multiple` ack for the longest run
+/// of ready deliveries from the oldest unsettled one (a window's worth in one frame instead of one
+/// frame each), single acks for the ready ones behind a delivery still being worked on.
+///
+/// A `multiple` ack settles every unacked delivery up to its tag on the channel, so it must never
+/// reach a delivery this consumer has not seen yet: with several partitions on one channel, a
+/// lower tag may still sit in another partition's stream. The run therefore stops at the first tag
+/// not yet received (tags of a channel are consecutive from 1).
+#[derive(Debug, Default)]
+pub struct Settlements {
+    /// Every tag below this one has been received.
+    received_below: DeliveryTag,
+    /// Received tags above a gap.
+    received_early: BTreeSet<DeliveryTag>,
+    /// Received and neither acked nor returned.
+    open: BTreeSet<DeliveryTag>,
+    /// Open tags whose work is done: to be acked.
+    ready: BTreeSet<DeliveryTag>,
+}
+
+/// One ack frame to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub tag: DeliveryTag,
+    pub multiple: bool,
+}
+
+impl Settlements {
+    pub fn received(&mut self, tag: DeliveryTag) {
+        self.open.insert(tag);
+        if self.received_below == 0 {
+            self.received_below = 1;
+        }
+        if tag == self.received_below {
+            self.received_below += 1;
+            while self.received_early.remove(&self.received_below) {
+                self.received_below += 1;
+            }
+        } else if tag > self.received_below {
+            self.received_early.insert(tag);
+        }
+    }
+
+    /// The delivery's work is done; it is acked by the next [`Settlements::take_acks`].
+    pub fn ready(&mut self, tag: DeliveryTag) {
+        if self.open.contains(&tag) {
+            self.ready.insert(tag);
+        }
+    }
+
+    /// The delivery was returned (nack, reject) on its own: it is settled and never acked.
+    pub fn returned(&mut self, tag: DeliveryTag) {
+        self.open.remove(&tag);
+        self.ready.remove(&tag);
+    }
+
+    /// The acks that settle every ready delivery, oldest first; each tag is acked once.
+    pub fn take_acks(&mut self) -> Vec<Ack> {
+        let mut acks = Vec::new();
+        let mut run_end = None;
+        while let Some(&oldest) = self.open.first() {
+            if oldest >= self.received_below || !self.ready.remove(&oldest) {
+                break;
+            }
+            self.open.remove(&oldest);
+            run_end = Some(oldest);
+        }
+        if let Some(tag) = run_end {
+            acks.push(Ack {
+                tag,
+                multiple: true,
+            });
+        }
+        for tag in std::mem::take(&mut self.ready) {
+            self.open.remove(&tag);
+            acks.push(Ack {
+                tag,
+                multiple: false,
+            });
+        }
+        acks
+    }
+
+    /// Received and not yet acked or returned.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +165,110 @@ mod tests {
             "a failed delivery is not acked later"
         );
         assert!(t.failed(&[7]).is_empty(), "nor returned twice");
+    }
+
+    fn settlements(received: &[DeliveryTag]) -> Settlements {
+        let mut s = Settlements::default();
+        for tag in received {
+            s.received(*tag);
+        }
+        s
+    }
+
+    #[test]
+    fn a_window_of_ready_deliveries_is_one_multiple_ack() {
+        let mut s = settlements(&[1, 2, 3, 4]);
+        for tag in [3, 1, 2] {
+            s.ready(tag);
+        }
+        assert_eq!(
+            s.take_acks(),
+            vec![Ack {
+                tag: 3,
+                multiple: true
+            }]
+        );
+        assert!(s.take_acks().is_empty(), "each tag is acked once");
+        assert_eq!(s.open(), 1);
+    }
+
+    #[test]
+    fn ready_deliveries_behind_an_open_one_are_acked_one_by_one() {
+        let mut s = settlements(&[1, 2, 3]);
+        s.ready(2);
+        s.ready(3);
+        assert_eq!(
+            s.take_acks(),
+            vec![
+                Ack {
+                    tag: 2,
+                    multiple: false
+                },
+                Ack {
+                    tag: 3,
+                    multiple: false
+                }
+            ],
+            "delivery 1 is still being worked on: a multiple ack would settle it"
+        );
+        s.ready(1);
+        assert_eq!(
+            s.take_acks(),
+            vec![Ack {
+                tag: 1,
+                multiple: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_multiple_ack_never_reaches_a_tag_not_yet_received() {
+        // Tag 2 is still in another partition's stream on the same channel.
+        let mut s = settlements(&[1, 3]);
+        s.ready(1);
+        s.ready(3);
+        assert_eq!(
+            s.take_acks(),
+            vec![
+                Ack {
+                    tag: 1,
+                    multiple: true
+                },
+                Ack {
+                    tag: 3,
+                    multiple: false
+                }
+            ]
+        );
+        s.received(2);
+        s.received(4);
+        s.ready(4);
+        s.ready(2);
+        assert_eq!(
+            s.take_acks(),
+            vec![Ack {
+                tag: 4,
+                multiple: true
+            }],
+            "2 and 4 are the only open tags and every tag up to 4 is received"
+        );
+    }
+
+    #[test]
+    fn returned_deliveries_do_not_hold_back_the_run() {
+        let mut s = settlements(&[1, 2, 3]);
+        s.returned(1);
+        s.ready(2);
+        s.ready(3);
+        assert_eq!(
+            s.take_acks(),
+            vec![Ack {
+                tag: 3,
+                multiple: true
+            }],
+            "1 is already settled on the channel, so the multiple ack does not touch it"
+        );
+        s.ready(1);
+        assert!(s.take_acks().is_empty(), "a returned tag is never acked");
     }
 }

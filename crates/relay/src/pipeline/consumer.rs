@@ -19,14 +19,15 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::ack::AckTracker;
+use super::ack::{AckTracker, Settlements};
 use super::extract::{Extracted, Mapping};
-use super::flush::{self, FlushOutcome, RefusedDeliveries, Stages};
+use super::flush::{self, FetchSlot, FlushOutcome, RefusedDeliveries, Stages};
 use super::window::{self, Coalescer, Contribution, DeliveryTag, Flush, Limits};
 use crate::amqp::link::Reconnect;
 use crate::amqp::message::{self, header};
@@ -179,6 +180,10 @@ impl Session {
                     }
                     Ok(())
                 }
+                Some(app_id) = driver.fetch_done_rx.recv() => {
+                    driver.on_fetch_done(&app_id);
+                    Ok(())
+                }
                 Some(done) = driver.flushes.join_next(), if !driver.flushes.is_empty() => match done {
                     Ok(outcome) => driver.on_flush_done(outcome).await,
                     Err(error) => Err(format!("flush task failed: {error}")),
@@ -199,7 +204,7 @@ impl Session {
                     None => Err("consumer cancelled by the broker".into()),
                 },
             };
-            if let Err(reason) = step {
+            if let Err(reason) = step.and(driver.send_acks().await) {
                 return Some(reason);
             }
         }
@@ -218,6 +223,7 @@ struct Driver<'a> {
     channel: &'a Channel,
     coalescer: Coalescer,
     tracker: AckTracker,
+    settlements: Settlements,
     flushes: JoinSet<FlushOutcome>,
     /// Deliveries being moved to the retry queue.
     deferrals: JoinSet<Deferral>,
@@ -226,15 +232,19 @@ struct Driver<'a> {
     held: HashMap<DeliveryTag, Held>,
     /// How many of `held` each app has: capped at `max_unacked_per_app`.
     held_per_app: HashMap<String, u16>,
-    /// One flush per app at a time: fetches of one app never overlap, so `fetched_at` orders the states
-    /// of a customer exactly, and Weiling's per-app rate limit is not raced. Later flushes wait here.
+    /// One flush per app in its fetch phase at a time: fetches of one app never overlap, so
+    /// `fetched_at` orders the states of a customer exactly, and Weiling's per-app rate limit is not
+    /// raced. Later flushes wait here until the running one's [`FetchSlot`] is released.
     busy_apps: HashMap<String, VecDeque<Flush>>,
+    fetch_done: mpsc::UnboundedSender<String>,
+    fetch_done_rx: mpsc::UnboundedReceiver<String>,
     abort: &'a CancellationToken,
 }
 
 impl<'a> Driver<'a> {
     fn new(pipeline: &'a Pipeline, channel: &'a Channel, abort: &'a CancellationToken) -> Self {
         let w = &pipeline.window;
+        let (fetch_done, fetch_done_rx) = mpsc::unbounded_channel();
         Self {
             pipeline,
             channel,
@@ -244,11 +254,14 @@ impl<'a> Driver<'a> {
                 max_wait: Duration::from_millis(w.max_wait_ms),
             }),
             tracker: AckTracker::default(),
+            settlements: Settlements::default(),
             held: HashMap::new(),
             held_per_app: HashMap::new(),
             flushes: JoinSet::new(),
             deferrals: JoinSet::new(),
             busy_apps: HashMap::new(),
+            fetch_done,
+            fetch_done_rx,
             abort,
         }
     }
@@ -268,14 +281,28 @@ impl<'a> Driver<'a> {
         self.busy_apps.insert(flush.app_id.clone(), VecDeque::new());
         let stages = self.pipeline.stages.clone();
         let abort = self.abort.clone();
+        let slot = FetchSlot::new(flush.app_id.clone(), self.fetch_done.clone());
         let span = info_span!("flush", app_id = %flush.app_id, entity = flush.entity.as_str(), reason = flush.reason.as_str(), ids = flush.ids.len());
         self.flushes
-            .spawn(async move { flush::run(flush, &stages, &abort).await }.instrument(span));
+            .spawn(async move { flush::run(flush, &stages, &abort, slot).await }.instrument(span));
+    }
+
+    /// An app's running flush finished its Weiling calls: its next queued flush may start fetching.
+    fn on_fetch_done(&mut self, app_id: &str) {
+        if let Some(mut queued) = self.busy_apps.remove(app_id)
+            && let Some(next) = queued.pop_front()
+        {
+            self.launch(next);
+            if let Some(behind) = self.busy_apps.get_mut(app_id) {
+                behind.extend(queued);
+            }
+        }
     }
 
     /// Routes one inbox delivery: no ids → ack now; ids → into the window, acked later.
     async fn on_delivery(&mut self, delivery: lapin::message::Delivery) -> Result<(), String> {
         let tag = delivery.delivery_tag;
+        self.settlements.received(tag);
         let Some(event) = InboxEvent::parse(&delivery) else {
             // Only the relay publishes to the inbox, after verification; anything else is parked.
             warn!(
@@ -377,14 +404,6 @@ impl<'a> Driver<'a> {
     }
 
     async fn on_flush_done(&mut self, outcome: FlushOutcome) -> Result<(), String> {
-        if let Some(mut queued) = self.busy_apps.remove(&outcome.app_id)
-            && let Some(next) = queued.pop_front()
-        {
-            self.launch(next);
-            if let Some(behind) = self.busy_apps.get_mut(&outcome.app_id) {
-                behind.extend(queued);
-            }
-        }
         for refused in &outcome.refused {
             for tag in self.tracker.failed(&refused.deliveries) {
                 self.park_refused(tag, refused).await?;
@@ -456,22 +475,32 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// The delivery's work is done; the ack itself goes out with [`Driver::send_acks`].
     async fn ack(&mut self, tag: DeliveryTag) -> Result<(), String> {
         self.release(tag);
-        match tokio::time::timeout(
-            ACK_TIMEOUT,
-            self.channel.basic_ack(tag, BasicAckOptions::default()),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("ack failed: {error}")),
-            Err(_) => Err("ack timed out".into()),
+        self.settlements.ready(tag);
+        Ok(())
+    }
+
+    /// Sends the acks the last step made possible, as few frames as the order of tags allows.
+    async fn send_acks(&mut self) -> Result<(), String> {
+        for ack in self.settlements.take_acks() {
+            let options = BasicAckOptions {
+                multiple: ack.multiple,
+            };
+            match tokio::time::timeout(ACK_TIMEOUT, self.channel.basic_ack(ack.tag, options)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(format!("ack failed: {error}")),
+                Err(_) => return Err("ack timed out".into()),
+            }
         }
+        Ok(())
     }
 
     async fn reject(&mut self, tag: DeliveryTag, requeue: bool) -> Result<(), String> {
         self.release(tag);
+        self.settlements.returned(tag);
         let result = if requeue {
             tokio::time::timeout(
                 ACK_TIMEOUT,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use weiling_proto::unix_ms;
@@ -50,14 +51,64 @@ pub struct RefusedDeliveries {
     pub deliveries: Vec<DeliveryTag>,
 }
 
+/// Released when a flush's Weiling calls are over (or the flush ended early): the consumer then starts
+/// the app's next flush, whose calls may overlap this one's publishes but never its fetches.
+pub struct FetchSlot {
+    app_id: String,
+    done: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl FetchSlot {
+    pub fn new(app_id: String, done: mpsc::UnboundedSender<String>) -> Self {
+        Self {
+            app_id,
+            done: Some(done),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(done) = self.done.take() {
+            // The consumer is gone only when its session ended; nothing waits for the slot then.
+            let _ = done.send(std::mem::take(&mut self.app_id));
+        }
+    }
+}
+
+impl Drop for FetchSlot {
+    /// A flush task that ends or is cancelled before its fetches are over still frees its app.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// One chunk's answer, kept until the publish phase.
+struct Answered {
+    chunk_start: usize,
+    chunk_len: usize,
+    fetched_at_ms: u64,
+    records: Vec<(String, Box<RawValue>)>,
+    refused: HashMap<String, RefusedId>,
+}
+
 /// Enriches and publishes one flush. Publishing retries until confirmed or `abort` fires.
-pub async fn run(flush: Flush, stages: &Stages, abort: &CancellationToken) -> FlushOutcome {
+///
+/// Every Weiling call of the flush comes first, then `slot` is released, then every record is
+/// published: fetches of one app never overlap (so `fetched_at` orders the states of a customer
+/// exactly, and the per-app rate limit is not raced), while the next window's call no longer waits
+/// for this window's confirms.
+pub async fn run(
+    flush: Flush,
+    stages: &Stages,
+    abort: &CancellationToken,
+    mut slot: FetchSlot,
+) -> FlushOutcome {
     let mut outcome = FlushOutcome {
         app_id: flush.app_id.clone(),
         ..FlushOutcome::default()
     };
     let ids: Vec<String> = flush.ids.keys().cloned().collect();
-    for chunk in ids.chunks(MAX_BATCH_IDS) {
+    let mut answered = Vec::new();
+    for (index, chunk) in ids.chunks(MAX_BATCH_IDS).enumerate() {
         outcome.batch_calls += 1;
         let fetched = stages
             .enrich
@@ -66,12 +117,21 @@ pub async fn run(flush: Flush, stages: &Stages, abort: &CancellationToken) -> Fl
         if let Some(state) = stages.enrich.breaker_state(&flush.app_id) {
             crate::metrics::circuit_state(&flush.app_id, state.as_gauge());
         }
-        let Isolated {
-            fetched,
-            refused,
-            calls,
-        } = match fetched {
-            Ok(isolated) => isolated,
+        match fetched {
+            Ok(Isolated {
+                fetched,
+                refused,
+                calls,
+            }) => {
+                outcome.batch_calls += calls.saturating_sub(1);
+                answered.push(Answered {
+                    chunk_start: index * MAX_BATCH_IDS,
+                    chunk_len: chunk.len(),
+                    fetched_at_ms: unix_ms(std::time::SystemTime::now()),
+                    records: fetched.records,
+                    refused: refused.into_iter().map(|r| (r.id.clone(), r)).collect(),
+                });
+            }
             Err(error) => {
                 warn!(app_id = %flush.app_id, entity = flush.entity.as_str(), ids = chunk.len(), error = %error, "batch call failed; inbox deliveries stay unacked");
                 outcome.permanent |= is_permanent(&error);
@@ -81,80 +141,89 @@ pub async fn run(flush: Flush, stages: &Stages, abort: &CancellationToken) -> Fl
                         .filter_map(|id| flush.ids.get(id))
                         .map(|s| s.deliveries.clone()),
                 );
-                continue;
-            }
-        };
-        outcome.batch_calls += calls.saturating_sub(1);
-        let fetched_at_ms = unix_ms(std::time::SystemTime::now());
-        let records: HashMap<&str, &RawValue> = fetched
-            .records
-            .iter()
-            .map(|(id, r)| (id.as_str(), &**r))
-            .collect();
-        let refused: HashMap<String, RefusedId> =
-            refused.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let mut publishes = Vec::new();
-        for id in chunk {
-            let Some(source) = flush.ids.get(id) else {
-                continue;
-            };
-            if let Some(refusal) = refused.get(id.as_str()) {
-                warn!(app_id = %flush.app_id, entity = flush.entity.as_str(), code = refusal.code, "Weiling refused one id on its own; parking the events that name it");
-                outcome.refused.push(RefusedDeliveries {
-                    id: id.clone(),
-                    code: refusal.code,
-                    detail: refusal.detail.clone(),
-                    deliveries: source.deliveries.clone(),
-                });
-                continue;
-            }
-            let (op, record) = match records.get(id.as_str()) {
-                Some(record) => (Op::Upsert, Some(*record)),
-                None => (Op::Missing, None),
-            };
-            // Every fetched state is published, even one equal to the last this process sent:
-            // other replicas, a failover, `reconcile` or `dlq replay` may have published another
-            // state since, and only this one is known to be Weiling's now.
-            let message = stages.publish.message(&Record {
-                entity: flush.entity,
-                app_id: &flush.app_id,
-                id,
-                op,
-                record,
-                source,
-                fetched_at_ms,
-            });
-            let first_event_at_ms = source.first_event_at_ms;
-            publishes.push(async move {
-                let started = std::time::Instant::now();
-                let confirmed = stages.publish.publish_until_confirmed(message, abort).await;
-                if confirmed {
-                    let now_ms = unix_ms(std::time::SystemTime::now());
-                    let since_first_event =
-                        Duration::from_millis(now_ms.saturating_sub(first_event_at_ms));
-                    crate::metrics::record_confirmed(
-                        op.as_str(),
-                        started.elapsed(),
-                        since_first_event,
-                    );
-                }
-                (source.deliveries.clone(), op, confirmed)
-            });
-        }
-        for (deliveries, op, confirmed) in join_all(publishes).await {
-            if confirmed {
-                match op {
-                    Op::Upsert => outcome.records += 1,
-                    Op::Missing => outcome.missing += 1,
-                }
-                outcome.confirmed.push(deliveries);
-            } else {
-                outcome.failed.push(deliveries);
             }
         }
     }
+    slot.release();
+    for answer in &answered {
+        let chunk = ids
+            .get(answer.chunk_start..answer.chunk_start + answer.chunk_len)
+            .unwrap_or_default();
+        publish_chunk(&flush, chunk, answer, stages, abort, &mut outcome).await;
+    }
     debug!(app_id = %outcome.app_id, reason = flush.reason.as_str(), records = outcome.records, missing = outcome.missing, failed = outcome.failed.len(), "flush done");
     outcome
+}
+
+/// One record per id of a fetched chunk, published concurrently; refused ids are handed back.
+async fn publish_chunk(
+    flush: &Flush,
+    chunk: &[String],
+    answer: &Answered,
+    stages: &Stages,
+    abort: &CancellationToken,
+    outcome: &mut FlushOutcome,
+) {
+    let records: HashMap<&str, &RawValue> = answer
+        .records
+        .iter()
+        .map(|(id, r)| (id.as_str(), &**r))
+        .collect();
+    let mut publishes = Vec::new();
+    for id in chunk {
+        let Some(source) = flush.ids.get(id) else {
+            continue;
+        };
+        if let Some(refusal) = answer.refused.get(id.as_str()) {
+            warn!(app_id = %flush.app_id, entity = flush.entity.as_str(), code = refusal.code, "Weiling refused one id on its own; parking the events that name it");
+            outcome.refused.push(RefusedDeliveries {
+                id: id.clone(),
+                code: refusal.code,
+                detail: refusal.detail.clone(),
+                deliveries: source.deliveries.clone(),
+            });
+            continue;
+        }
+        let (op, record) = match records.get(id.as_str()) {
+            Some(record) => (Op::Upsert, Some(*record)),
+            None => (Op::Missing, None),
+        };
+        // Every fetched state is published, even one equal to the last this process sent:
+        // other replicas, a failover, `reconcile` or `dlq replay` may have published another
+        // state since, and only this one is known to be Weiling's now.
+        let message = stages.publish.message(&Record {
+            entity: flush.entity,
+            app_id: &flush.app_id,
+            id,
+            op,
+            record,
+            source,
+            fetched_at_ms: answer.fetched_at_ms,
+        });
+        let first_event_at_ms = source.first_event_at_ms;
+        publishes.push(async move {
+            let started = std::time::Instant::now();
+            let confirmed = stages.publish.publish_until_confirmed(message, abort).await;
+            if confirmed {
+                let now_ms = unix_ms(std::time::SystemTime::now());
+                let since_first_event =
+                    Duration::from_millis(now_ms.saturating_sub(first_event_at_ms));
+                crate::metrics::record_confirmed(op.as_str(), started.elapsed(), since_first_event);
+            }
+            (&source.deliveries, op, confirmed)
+        });
+    }
+    for (deliveries, op, confirmed) in join_all(publishes).await {
+        if confirmed {
+            match op {
+                Op::Upsert => outcome.records += 1,
+                Op::Missing => outcome.missing += 1,
+            }
+            outcome.confirmed.push(deliveries.clone());
+        } else {
+            outcome.failed.push(deliveries.clone());
+        }
+    }
 }
 
 /// A failure a retry cannot fix: the request itself is wrong, or Weiling refused it for good.
