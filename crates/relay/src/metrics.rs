@@ -1,8 +1,9 @@
 //! The metrics of contract.md, declared once: name, kind, help line, histogram buckets, and the
 //! small functions the stages call. Labels are bounded enums or configured app ids, never free text.
 
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use metrics::{
@@ -98,7 +99,7 @@ const DEFS: &[Def] = &[
     Def {
         name: WEILING_REQUESTS,
         kind: Kind::Counter,
-        help: "Weiling API calls, by endpoint and answer code (0 = success, http_<status>, transport).",
+        help: "Weiling API calls, by endpoint and answer code (0 = success, a configured code, other, http_<status>, transport).",
     },
     Def {
         name: WEILING_REQUEST,
@@ -242,6 +243,34 @@ pub fn event_without_customers() {
     counter!(UNMAPPED_EVENTS).increment(1);
 }
 
+/// Weiling answer codes that become labels as themselves: success and the configured lists.
+static KNOWN_WEILING_CODES: Mutex<BTreeSet<i64>> = Mutex::new(BTreeSet::new());
+
+/// Adds the codes a client was configured with (auth, rate-limit and missing codes) to the codes
+/// labelled by value.
+pub fn know_weiling_codes(codes: impl IntoIterator<Item = i64>) {
+    KNOWN_WEILING_CODES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(codes);
+}
+
+/// The `code` label of a Weiling answer code: the code itself when it is 0 or configured, `other`
+/// for anything else (the code is in the warning log), so a peer answering ever new codes cannot
+/// grow the label set, and with it the relay's memory.
+pub fn weiling_code_label(code: i64) -> String {
+    let known = code == 0
+        || KNOWN_WEILING_CODES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&code);
+    if known {
+        code.to_string()
+    } else {
+        "other".to_owned()
+    }
+}
+
 pub fn weiling_request(endpoint: &'static str, code: &str, elapsed: Duration) {
     counter!(WEILING_REQUESTS, "endpoint" => endpoint, "code" => code.to_owned()).increment(1);
     histogram!(WEILING_REQUEST, "endpoint" => endpoint).record(elapsed.as_secs_f64());
@@ -288,6 +317,16 @@ pub fn mirror_batch(elapsed: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weiling_codes_are_labels_only_when_known() {
+        assert_eq!(weiling_code_label(0), "0");
+        // Far outside any configured list, so no other test's client can have made it known.
+        assert_eq!(weiling_code_label(-987_654_321), "other");
+        know_weiling_codes([-987_654_320]);
+        assert_eq!(weiling_code_label(-987_654_320), "-987654320");
+        assert_eq!(weiling_code_label(i64::MAX), "other");
+    }
 
     #[test]
     fn every_contract_metric_is_declared_once() {

@@ -105,13 +105,19 @@ impl InFlight {
 }
 
 impl ReplayCache {
+    /// `capacity` is validated by the configuration (at most ten million entries).
     pub fn new(window: Duration, capacity: u64) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         let inner = Inner {
             epoch: Instant::now(),
             window_s: u32::try_from(window.as_secs()).unwrap_or(u32::MAX),
-            capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
-            remembered: HashSet::new(),
-            order: VecDeque::new(),
+            capacity,
+            // Allocated in full now, so the cache's memory is planned, not discovered: the set gets
+            // twice the entries it will hold because eviction leaves tombstones, and a table more
+            // than half full of live entries is doubled (not rehashed in place) once they use up
+            // its spare room. Sized this way it never grows after start.
+            remembered: HashSet::with_capacity(capacity.saturating_mul(2)),
+            order: VecDeque::with_capacity(capacity),
             pending: HashMap::new(),
         };
         Self {

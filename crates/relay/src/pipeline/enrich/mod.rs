@@ -223,6 +223,14 @@ impl WeilingClient {
                 (app.app_id.clone(), state)
             })
             .collect();
+        crate::metrics::know_weiling_codes(
+            settings
+                .auth_error_codes
+                .iter()
+                .chain(&settings.rate_limit_codes)
+                .chain(&settings.missing_codes)
+                .copied(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -636,7 +644,7 @@ fn user_agent(instance: Option<&str>) -> String {
 fn answer_label(answer: &Answer) -> String {
     match (answer.status, answer.code) {
         (policy::TRANSPORT_ERROR, _) => "transport".to_owned(),
-        (_, Some(code)) if (-100_000..=100_000).contains(&code) => code.to_string(),
+        (_, Some(code)) => crate::metrics::weiling_code_label(code),
         (status, _) => format!("http_{status}"),
     }
 }

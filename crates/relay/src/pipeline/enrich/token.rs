@@ -140,7 +140,7 @@ impl TokenCache {
         };
         let label = match &result {
             Ok(_) => "0".to_owned(),
-            Err(TokenError::Refused(code)) => code.to_string(),
+            Err(TokenError::Refused(code)) => crate::metrics::weiling_code_label(*code),
             Err(TokenError::Http(status)) => format!("http_{status}"),
             Err(TokenError::Transport(_)) => "transport".to_owned(),
             Err(TokenError::Malformed(_)) => "malformed".to_owned(),
