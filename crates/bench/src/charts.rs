@@ -92,14 +92,7 @@ fn ack_latency(area: &Area<'_>, bare: Option<&Search>, relay: Option<&Search>) -
         .filter(|m| *m > 0.0)
         .fold(max_ms, f64::min)
         .clamp(0.1, 1.0);
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Ack latency (due → success) against offered rate",
-            (FONT, 20),
-        )
-        .margin(14)
-        .x_label_area_size(40)
-        .y_label_area_size(64)
+    let mut chart = frame(area, "Ack latency (due → success) against offered rate", 20)
         .build_cartesian_2d(0.0..max_rate, (min_ms..max_ms).log_scale())
         .map_err(|e| e.to_string())?;
     chart
@@ -149,6 +142,21 @@ fn ack_latency(area: &Area<'_>, bare: Option<&Search>, relay: Option<&Search>) -
         .map_err(|e| e.to_string())
 }
 
+/// Caption, margin and axis label areas every chart shares.
+fn frame<'a, 'b>(
+    area: &'a Area<'b>,
+    title: &str,
+    size: u32,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, (FONT, size))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(64);
+    builder
+}
+
 fn sorted_steps(search: &Search) -> Vec<&StepReport> {
     let mut steps: Vec<&StepReport> = search.steps.iter().collect();
     steps.sort_by(|a, b| a.rate.total_cmp(&b.rate));
@@ -173,17 +181,11 @@ fn steady_run(area: &Area<'_>, steady: &Steady) -> Drawn {
         .collect();
     let max_mb = rss.iter().map(|p| p.1).fold(1.0, f64::max) * 1.25;
     let max_cores = cores.iter().map(|p| p.1).fold(0.1, f64::max) * 1.25;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "Relay RSS and CPU over the steady run at {:.0} req/s",
-                steady.rate
-            ),
-            (FONT, 20),
-        )
-        .margin(14)
-        .x_label_area_size(40)
-        .y_label_area_size(64)
+    let title = format!(
+        "Relay RSS and CPU over the steady run at {:.0} req/s",
+        steady.rate
+    );
+    let mut chart = frame(area, &title, 20)
         .right_y_label_area_size(64)
         .build_cartesian_2d(0.0..end_s, 0.0..max_mb)
         .map_err(|e| e.to_string())?
@@ -231,11 +233,7 @@ fn steady_run(area: &Area<'_>, steady: &Steady) -> Drawn {
 /// The cumulative distribution: the fraction of records consumed within x ms of their first event.
 fn lag(area: &Area<'_>, title: &str, cdf: &[(f64, f64)], budget_ms: f64) -> Drawn {
     let max_ms = cdf.iter().map(|p| p.0).fold(budget_ms, f64::max) * 1.05;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 18))
-        .margin(14)
-        .x_label_area_size(40)
-        .y_label_area_size(64)
+    let mut chart = frame(area, title, 18)
         .build_cartesian_2d(0.0..max_ms, 0.0..100.0)
         .map_err(|e| e.to_string())?;
     chart
