@@ -354,15 +354,22 @@ impl FaultRig {
         count
     }
 
-    /// Stops the relay: an in-process one drains, a process is killed. Either way its connections
-    /// close and the broker requeues what it held unacked.
+    /// Stops the relay the way an operator does, so that what it still has in flight (a window
+    /// closing, an ack on its way) is finished rather than counted as left behind: an in-process
+    /// one drains, a process gets SIGTERM and drains (killed only if it never exits). Either way its
+    /// connections close and the broker requeues whatever it still held unacked: that is counted.
     pub async fn stop_relay(&self) {
         let handle = std::mem::replace(&mut *self.relay.lock().await, RelayHandle::Stopped);
         match handle {
             RelayHandle::InProcess(relay) => {
                 let _ = relay.shutdown().await;
             }
-            RelayHandle::Process(mut process) => process.kill_9(),
+            RelayHandle::Process(mut process) => {
+                process.terminate();
+                if process.wait_exit(Duration::from_secs(40)).await.is_none() {
+                    process.kill_9();
+                }
+            }
             RelayHandle::Stopped => {}
         }
     }
