@@ -63,19 +63,49 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(_) | Command::Reconcile(_) | Command::Dlq { .. }
     )
     .then_some("warn,lapin=error,amq_protocol=error");
-    telemetry::init(env.get("RUST_LOG").map(String::as_str).or(quiet));
+    let telemetry = telemetry::init(
+        env.get("RUST_LOG").map(String::as_str).or(quiet),
+        traces(&cli.command, &env),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
-    match cli.command {
+    let result = run(cli.command, &env, &runtime);
+    // Outside the runtime: the exporter's client blocks while it sends the last spans.
+    drop(runtime);
+    telemetry.shutdown();
+    result
+}
+
+/// Traces are exported by the two long-running services when `telemetry.otlp_endpoint` is set. A
+/// configuration that does not load is reported by the command itself, with its reason.
+fn traces(command: &Command, env: &HashMap<String, String>) -> Option<telemetry::Otlp> {
+    let (settings, service) = match command {
+        Command::Serve { config } => (Settings::load(config.as_deref(), env), "weiling-relay"),
+        Command::Mirror(args) => (
+            Settings::load_without_apps(args.config.as_deref(), env),
+            "weiling-relay-mirror",
+        ),
+        _ => return None,
+    };
+    let endpoint = settings.ok()?.telemetry.otlp_endpoint;
+    (!endpoint.is_empty()).then_some(telemetry::Otlp { endpoint, service })
+}
+
+fn run(
+    command: Command,
+    env: &HashMap<String, String>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    match command {
         Command::CheckConfig { config } => {
-            let settings = Settings::load(config.as_deref(), &env)?;
+            let settings = Settings::load(config.as_deref(), env)?;
             print!("{}", settings.to_masked_toml());
             Ok(())
         }
         Command::Serve { config } => {
-            let settings = Settings::load(config.as_deref(), &env)?;
+            let settings = Settings::load(config.as_deref(), env)?;
             runtime.block_on(serve(settings))
         }
         Command::Sim(args) => Ok(runtime.block_on(simulator::cli::run(args))?),
@@ -86,7 +116,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reconcile(args) => {
-            if !runtime.block_on(ops::reconcile::run_cli(args, &env))? {
+            if !runtime.block_on(ops::reconcile::run_cli(args, env))? {
                 anyhow::bail!("reconcile did not publish every id (see the summary)");
             }
             Ok(())
@@ -94,12 +124,12 @@ fn main() -> anyhow::Result<()> {
         Command::Dlq {
             command: ops::DlqCommand::Replay(args),
         } => {
-            if !runtime.block_on(ops::dlq_replay::run_cli(args, &env))? {
+            if !runtime.block_on(ops::dlq_replay::run_cli(args, env))? {
                 anyhow::bail!("dead letters still fail (see the summary)");
             }
             Ok(())
         }
-        Command::Mirror(args) => Ok(runtime.block_on(mirror::run_cli(args, &env))?),
+        Command::Mirror(args) => Ok(runtime.block_on(mirror::run_cli(args, env))?),
         Command::Demo(args) => {
             let ok = runtime.block_on(demo::run(args))?;
             if !ok {

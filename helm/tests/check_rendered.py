@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import json
 import math
 import os
 import re
@@ -54,7 +55,9 @@ DUMMY_SECRET = {
 # Keys of values `config.<section>` that the chart passes by environment, not in relay.toml.
 ENV_OWNED = {("server", "port"), ("server", "bindAddress"), ("server", "drainDeadlineMs"), ("server", "drainGraceMs")}
 # The only kinds without a bundled schema that kubernetes-validate may skip; checked here instead.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+# The data key of the Grafana dashboard ConfigMap (the other ConfigMap holds relay.toml).
+DASHBOARD_KEY = "weiling-relay.json"
 
 
 class Checker:
@@ -123,6 +126,10 @@ def main() -> int:
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
+    dashboards = [d for d in by_kind.get("ConfigMap", []) if DASHBOARD_KEY in (d.get("data") or {})]
+    by_kind["ConfigMap"] = [d for d in by_kind.get("ConfigMap", []) if d not in dashboards]
+    if not by_kind["ConfigMap"]:
+        del by_kind["ConfigMap"]
     one = lambda kind: (by_kind.get(kind) or [None])[0]  # noqa: E731
 
     # --- which objects exist ---------------------------------------------------------------------
@@ -136,6 +143,7 @@ def main() -> int:
         "HorizontalPodAutoscaler": values["autoscaling"]["enabled"],
         "PodDisruptionBudget": values["podDisruptionBudget"]["enabled"],
         "ServiceMonitor": values["serviceMonitor"]["enabled"],
+        "PrometheusRule": values["prometheusRule"]["enabled"],
         "NetworkPolicy": values["networkPolicy"]["enabled"],
     }
     for kind, wanted in expect.items():
@@ -336,6 +344,29 @@ def main() -> int:
         c.check(set(sm["spec"]) <= {"selector", "namespaceSelector", "endpoints"}, "ServiceMonitor spec fields known")
         c.check(set(ep) <= {"port", "path", "scheme", "interval", "scrapeTimeout", "relabelings", "metricRelabelings"},
                 "ServiceMonitor endpoint fields known")
+    c.check(len(dashboards) == (1 if values["dashboard"]["enabled"] else 0),
+            f"dashboard ConfigMap: expected {1 if values['dashboard']['enabled'] else 0}, rendered {len(dashboards)}")
+    for board in dashboards:
+        shipped = json.loads((args.chart / "files" / "dashboard.json").read_text())
+        try:
+            rendered = json.loads(board["data"][DASHBOARD_KEY])
+        except ValueError:
+            rendered = None
+        c.check(rendered == shipped, "dashboard ConfigMap holds files/dashboard.json unchanged")
+        labels = board["metadata"].get("labels", {})
+        c.check(all(labels.get(k) == v for k, v in values["dashboard"]["labels"].items()),
+                "dashboard ConfigMap carries the sidecar's label")
+        c.check(bool(values["dashboard"]["labels"]), "dashboard ConfigMap has a label for the sidecar to select")
+        for panel in (rendered or {}).get("panels", []):
+            c.check(bool(panel.get("targets")) and all(t.get("expr") for t in panel["targets"]),
+                    f"dashboard panel {panel.get('title')!r} has queries")
+    rule = one("PrometheusRule")
+    if rule is not None:
+        shipped = yaml.safe_load((args.chart / "files" / "alerts.yaml").read_text())
+        c.check(rule["spec"] == shipped, "PrometheusRule spec is files/alerts.yaml unchanged")
+        labels = rule["metadata"].get("labels", {})
+        c.check(all(labels.get(k) == v for k, v in values["prometheusRule"]["labels"].items()),
+                "PrometheusRule carries its extra labels")
     np = one("NetworkPolicy")
     if np is not None:
         c.check(np["spec"]["podSelector"]["matchLabels"] == sel, "NetworkPolicy selects the pods")

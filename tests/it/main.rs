@@ -27,8 +27,11 @@ mod tls;
 // The fault matrix of reliability.md (b), row by row.
 mod fault;
 
-// The tools around the service: demo, mirror, dlq replay, reconcile, operating the process.
+// The tools around the service: demo, mirror, dlq replay, reconcile, operating the process, and
+// the chart's dashboard and alerts on a real Prometheus, one callback's trace over OTLP.
 mod demo;
 mod mirror;
+mod monitoring;
 mod operate;
 mod ops;
+mod traces;

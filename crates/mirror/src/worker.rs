@@ -119,12 +119,28 @@ impl Worker {
             .filter_map(|(i, p)| p.as_ref().ok().map(|r| (i, r)))
             .collect();
         let mut refused: Vec<(usize, String)> = Vec::new();
+        // Exported, each record's apply is a span continuing the trace its record carries; they
+        // end with the batch's commit.
+        let _applying: Vec<tracing::Span> = if relay::telemetry::tracing_on() {
+            good.iter()
+                .filter_map(|(i, _)| deliveries.get(*i))
+                .map(apply_span)
+                .collect()
+        } else {
+            Vec::new()
+        };
         if !good.is_empty() {
             let started = Instant::now();
             let Some((outcomes, data_errors)) = self.apply(&good, stop).await? else {
                 return Ok(self.requeue());
             };
             relay::metrics::mirror_batch(started.elapsed());
+            let now = now_ms();
+            for (_, record) in &good {
+                // A clock behind the relay's would make the lag negative: counted as none.
+                let lag_ms = u64::try_from(now.saturating_sub(record.fetched_at)).unwrap_or(0);
+                relay::metrics::mirror_lag(Duration::from_millis(lag_ms));
+            }
             debug!(
                 deliveries = deliveries.len(),
                 records = outcomes.len(),
@@ -300,4 +316,26 @@ enum Failure {
     Transient,
     /// PostgreSQL refused a value of the record: the error text.
     Data(String),
+}
+
+/// Wall-clock milliseconds, the unit of a record's `fetched_at`.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn apply_span(delivery: &Delivery) -> tracing::Span {
+    let routing_key = delivery.routing_key.as_str();
+    let span = tracing::info_span!(
+        "mirror apply",
+        otel.name = "process records",
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %delivery.exchange,
+        messaging.rabbitmq.destination.routing_key = %routing_key,
+    );
+    relay::telemetry::propagation::continue_from(&span, delivery.properties.headers().as_ref());
+    span
 }

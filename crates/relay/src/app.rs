@@ -48,6 +48,7 @@ impl Relay {
     pub fn start(settings: Settings, listener: TcpListener) -> Result<Relay, RelayError> {
         let addr = listener.local_addr()?;
         crate::metrics::install();
+        crate::metrics::zero_known_series(settings.apps.iter().map(|app| app.app_id.as_str()));
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
         let (publisher, publisher_task) = Publisher::spawn(

@@ -41,6 +41,7 @@ pub struct Settings {
     pub window: WindowSettings,
     pub weiling: WeilingSettings,
     pub security: SecuritySettings,
+    pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub apps: Vec<AppSettings>,
     #[serde(default)]
@@ -175,6 +176,13 @@ pub struct SecuritySettings {
     pub replay_cache_capacity: u64,
     #[serde(serialize_with = "serialize_masked")]
     pub sign_records_key: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP base URL of a trace collector (`…:4318`); empty: no traces, no exporter.
+    pub otlp_endpoint: String,
 }
 
 /// One Weiling app. The callback Token and EncodingAESKey come either single (`token`,
@@ -623,6 +631,13 @@ impl Settings {
             ));
         }
         positive("weiling.request_timeout_ms", wl.request_timeout_ms)?;
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "telemetry.otlp_endpoint",
+                "must be empty (no traces) or an http(s) URL like http://otel-collector:4318",
+            ));
+        }
         positive(
             "weiling.rate_limit_per_minute",
             u64::from(wl.rate_limit_per_minute),

@@ -33,6 +33,10 @@ pub const HTTP_REQUEST: &str = "relay_http_request_seconds";
 pub const MIRROR_RECORDS: &str = "relay_mirror_records_total";
 pub const MIRROR_DEAD_LETTERS: &str = "relay_mirror_dead_letters_total";
 pub const MIRROR_BATCH: &str = "relay_mirror_batch_seconds";
+pub const MIRROR_LAG: &str = "relay_mirror_lag_seconds";
+pub const READY: &str = "relay_ready";
+pub const QUEUE_MESSAGES: &str = "relay_queue_messages";
+pub const OLDEST_HELD: &str = "relay_inbox_oldest_held_seconds";
 
 const FAST: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5,
@@ -74,7 +78,7 @@ const DEFS: &[Def] = &[
     Def {
         name: DEAD_LETTERS,
         kind: Kind::Counter,
-        help: "Authentic callbacks dead-lettered, by reason (decrypt, receive_id, json).",
+        help: "Events dead-lettered, by reason (decrypt, receive_id, json: authentic callbacks; weiling_refused: an id Weiling refused for good).",
     },
     Def {
         name: WINDOW_FLUSHES,
@@ -166,6 +170,26 @@ const DEFS: &[Def] = &[
         kind: Kind::Histogram(FAST, Unit::Seconds),
         help: "Time to apply and commit one batch of records in PostgreSQL.",
     },
+    Def {
+        name: MIRROR_LAG,
+        kind: Kind::Histogram(LAG, Unit::Seconds),
+        help: "Time from a record's fetch from Weiling (fetched_at) to the mirror's commit of it.",
+    },
+    Def {
+        name: READY,
+        kind: Kind::Gauge,
+        help: "1 while /readyz answers 200 (the broker link can make callbacks durable, no drain), else 0; set at each scrape.",
+    },
+    Def {
+        name: QUEUE_MESSAGES,
+        kind: Kind::Gauge,
+        help: "Messages ready in the relay's queues, by queue role (inbox: all partitions, retry, dead_letter, unrouted), counted every 15 s.",
+    },
+    Def {
+        name: OLDEST_HELD,
+        kind: Kind::Gauge,
+        help: "Age of the oldest inbox delivery this relay holds unacked (in a window, being enriched or published); 0 when none.",
+    },
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -207,6 +231,38 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// Creates every series whose labels are known before anything happened, at 0: a dashboard shows
+/// 0 instead of no data, and `increase()` in an alert sees the first dead letter or publish failure
+/// (a series that is born at 1 has no earlier sample to increase from).
+pub fn zero_known_series<'a>(apps: impl IntoIterator<Item = &'a str>) {
+    use crate::amqp::PublishError;
+    use crate::pipeline::publish::record::Op;
+    use crate::pipeline::window::coalescer::FlushReason;
+    use crate::verify::DeadLetterReason;
+
+    let dead = DeadLetterReason::ALL.map(DeadLetterReason::as_str);
+    for reason in dead
+        .into_iter()
+        .chain([crate::persist::dead_letter::WEILING_REFUSED])
+    {
+        counter!(DEAD_LETTERS, "reason" => reason).increment(0);
+    }
+    for reason in PublishError::ALL.map(PublishError::as_str) {
+        counter!(PUBLISH_FAILURES, "reason" => reason).increment(0);
+    }
+    for reason in FlushReason::ALL.map(FlushReason::as_str) {
+        counter!(WINDOW_FLUSHES, "reason" => reason).increment(0);
+    }
+    for op in Op::ALL.map(Op::as_str) {
+        counter!(RECORDS_PUBLISHED, "op" => op).increment(0);
+    }
+    counter!(TOKEN_REFRESHES).increment(0);
+    counter!(UNMAPPED_EVENTS).increment(0);
+    for app in apps {
+        gauge!(CIRCUIT_STATE, "app" => app.to_owned()).increment(0.0);
+    }
 }
 
 /// The exposition text for `GET /metrics`.
@@ -312,6 +368,24 @@ pub fn mirror_dead_letter(reason: &'static str) {
 
 pub fn mirror_batch(elapsed: Duration) {
     histogram!(MIRROR_BATCH).record(elapsed.as_secs_f64());
+}
+
+pub fn mirror_lag(since_fetch: Duration) {
+    histogram!(MIRROR_LAG).record(since_fetch.as_secs_f64());
+}
+
+pub fn ready(ready: bool) {
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// `role` is one of a fixed few (inbox, retry, dead_letter, unrouted), not a queue name: the
+/// names are configurable, the dashboards and alerts are not.
+pub fn queue_messages(role: &'static str, messages: u32) {
+    gauge!(QUEUE_MESSAGES, "queue" => role).set(f64::from(messages));
+}
+
+pub fn oldest_held(age: Duration) {
+    gauge!(OLDEST_HELD).set(age.as_secs_f64());
 }
 
 #[cfg(test)]

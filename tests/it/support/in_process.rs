@@ -75,7 +75,7 @@ pub async fn spawn_app() -> InProcessRig {
 pub async fn spawn_with(options: Spawn) -> InProcessRig {
     // TEST_LOG=debug (or any filter) shows the relay's logs while debugging a test.
     if let Ok(filter) = std::env::var("TEST_LOG") {
-        relay::telemetry::init(Some(&filter));
+        let _ = relay::telemetry::init(Some(&filter), None);
     }
     let prefix = unique("relay");
     let app_id = format!("wloa{}", prefix.replace('-', ""));

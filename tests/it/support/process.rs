@@ -385,3 +385,13 @@ impl ProcessRig {
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }
+
+/// A child process (a mirror, a Prometheus) killed when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

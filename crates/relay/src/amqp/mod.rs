@@ -1,8 +1,9 @@
 //! Broker plumbing shared by every stage: connecting (TLS included) and reconnecting ([`link`]),
-//! topology, the messages' header names and properties ([`message`]), and the supervised confirmed
-//! publisher.
+//! topology, the messages' header names and properties ([`message`]), the supervised confirmed
+//! publisher, and the queue depths reported as metrics ([`depth`]).
 
 pub mod connect;
+pub mod depth;
 pub mod link;
 pub mod message;
 pub mod publisher;

@@ -85,6 +85,16 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    pub const ALL: [Self; 7] = [
+        Self::Unavailable,
+        Self::Blocked,
+        Self::Nacked,
+        Self::Returned,
+        Self::Timeout,
+        Self::ConnectionLost,
+        Self::Closed,
+    ];
+
     /// A bounded label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

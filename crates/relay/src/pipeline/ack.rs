@@ -1,6 +1,8 @@
 //! Stage 8: an inbox delivery is acked only when every customer id it named is confirmed downstream.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tokio::time::Instant;
 
 use crate::pipeline::window::coalescer::DeliveryTag;
 
@@ -61,8 +63,8 @@ pub struct Settlements {
     received_below: DeliveryTag,
     /// Received tags above a gap.
     received_early: BTreeSet<DeliveryTag>,
-    /// Received and neither acked nor returned.
-    open: BTreeSet<DeliveryTag>,
+    /// Received and neither acked nor returned, with when it was received.
+    open: BTreeMap<DeliveryTag, Instant>,
     /// Open tags whose work is done: to be acked.
     ready: BTreeSet<DeliveryTag>,
 }
@@ -75,8 +77,8 @@ pub struct Ack {
 }
 
 impl Settlements {
-    pub fn received(&mut self, tag: DeliveryTag) {
-        self.open.insert(tag);
+    pub fn received(&mut self, tag: DeliveryTag, at: Instant) {
+        self.open.insert(tag, at);
         if self.received_below == 0 {
             self.received_below = 1;
         }
@@ -92,7 +94,7 @@ impl Settlements {
 
     /// The delivery's work is done; it is acked by the next [`Settlements::take_acks`].
     pub fn ready(&mut self, tag: DeliveryTag) {
-        if self.open.contains(&tag) {
+        if self.open.contains_key(&tag) {
             self.ready.insert(tag);
         }
     }
@@ -107,7 +109,7 @@ impl Settlements {
     pub fn take_acks(&mut self) -> Vec<Ack> {
         let mut acks = Vec::new();
         let mut run_end = None;
-        while let Some(&oldest) = self.open.first() {
+        while let Some((&oldest, _)) = self.open.first_key_value() {
             if oldest >= self.received_below || !self.ready.remove(&oldest) {
                 break;
             }
@@ -133,6 +135,11 @@ impl Settlements {
     /// Received and not yet acked or returned.
     pub fn open(&self) -> usize {
         self.open.len()
+    }
+
+    /// When the oldest open delivery was received (tags grow in the order of receipt).
+    pub fn oldest_open_since(&self) -> Option<Instant> {
+        self.open.first_key_value().map(|(_, &at)| at)
     }
 }
 
@@ -167,10 +174,26 @@ mod tests {
         assert!(t.failed(&[7]).is_empty(), "nor returned twice");
     }
 
+    #[test]
+    fn the_oldest_open_delivery_is_the_lowest_tag_not_settled() {
+        let start = Instant::now();
+        let later = start + std::time::Duration::from_secs(1);
+        let mut s = Settlements::default();
+        assert_eq!(s.oldest_open_since(), None);
+        s.received(1, start);
+        s.received(2, later);
+        assert_eq!(s.oldest_open_since(), Some(start));
+        s.ready(1);
+        s.take_acks();
+        assert_eq!(s.oldest_open_since(), Some(later), "1 is acked");
+        s.returned(2);
+        assert_eq!(s.oldest_open_since(), None, "2 is returned");
+    }
+
     fn settlements(received: &[DeliveryTag]) -> Settlements {
         let mut s = Settlements::default();
         for tag in received {
-            s.received(*tag);
+            s.received(*tag, Instant::now());
         }
         s
     }
@@ -240,8 +263,8 @@ mod tests {
                 }
             ]
         );
-        s.received(2);
-        s.received(4);
+        s.received(2, Instant::now());
+        s.received(4, Instant::now());
         s.ready(4);
         s.ready(2);
         assert_eq!(

@@ -34,8 +34,11 @@ use crate::amqp::message::{self, header};
 use crate::amqp::publisher::Outgoing;
 use crate::config::{AmqpSettings, WindowSettings};
 use crate::persist::dead_letter;
+use crate::telemetry::propagation;
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `relay_inbox_oldest_held_seconds` is brought up to date.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// A parked event's confirm may take this long before the event is returned to the inbox instead.
 const PARK_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -84,6 +87,8 @@ struct Session {
     /// tracker acks them all.
     consumer: futures::stream::SelectAll<Deliveries>,
     consumer_tags: Vec<String>,
+    /// Ends the queue-depth counting with the session.
+    _depth: tokio_util::sync::DropGuard,
 }
 
 impl Session {
@@ -130,11 +135,18 @@ impl Session {
             consumer.push(merged);
             consumer_tags.push(tag);
         }
+        let depth = CancellationToken::new();
+        crate::amqp::depth::spawn(
+            connection.create_channel().await?,
+            &pipeline.amqp,
+            depth.clone(),
+        );
         Ok(Session {
             connection,
             channel,
             consumer,
             consumer_tags,
+            _depth: depth.drop_guard(),
         })
     }
 
@@ -157,6 +169,8 @@ impl Session {
         } = self;
         let mut driver = Driver::new(pipeline, channel, abort);
         let mut draining = false;
+        let mut gauge_tick = tokio::time::interval(GAUGE_INTERVAL);
+        gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if draining && driver.flushes.is_empty() && driver.deferrals.is_empty() {
                 return None;
@@ -192,6 +206,11 @@ impl Session {
                     Ok(deferral) => driver.on_deferral_done(deferral).await,
                     Err(error) => Err(format!("retry-queue move failed: {error}")),
                 },
+                _ = gauge_tick.tick() => {
+                    let oldest = driver.settlements.oldest_open_since();
+                    crate::metrics::oldest_held(oldest.map_or(Duration::ZERO, |at| at.elapsed()));
+                    Ok(())
+                }
                 () = window::timer::until(deadline), if deadline.is_some() => {
                     for flush in driver.coalescer.drain_due(Instant::now()) {
                         driver.start_flush(flush);
@@ -282,9 +301,37 @@ impl<'a> Driver<'a> {
         let stages = self.pipeline.stages.clone();
         let abort = self.abort.clone();
         let slot = FetchSlot::new(flush.app_id.clone(), self.fetch_done.clone());
-        let span = info_span!("flush", app_id = %flush.app_id, entity = flush.entity.as_str(), reason = flush.reason.as_str(), ids = flush.ids.len());
+        let span = if crate::telemetry::tracing_on() {
+            let inbox = &self.pipeline.amqp.inbox_queue;
+            let span = info_span!("flush", otel.name = format!("process {inbox}"), otel.kind = "consumer", messaging.system = "rabbitmq", messaging.operation.type = "process", messaging.destination.name = %inbox, app_id = %flush.app_id, entity = flush.entity.as_str(), reason = flush.reason.as_str(), ids = flush.ids.len());
+            self.link_events(&span, &flush);
+            span
+        } else {
+            info_span!("flush", app_id = %flush.app_id, entity = flush.entity.as_str(), reason = flush.reason.as_str(), ids = flush.ids.len())
+        };
         self.flushes
             .spawn(async move { flush::run(flush, &stages, &abort, slot).await }.instrument(span));
+    }
+
+    /// A flush enriches many events at once: its span becomes a batch `process` span linked to the
+    /// publish span of every event it enriches (the context each inbox message carries).
+    fn link_events(&self, span: &tracing::Span, flush: &Flush) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let mut linked = std::collections::HashSet::new();
+        for source in flush.ids.values() {
+            for tag in &source.deliveries {
+                let Some(held) = self.held.get(tag) else {
+                    continue;
+                };
+                if linked.insert(*tag)
+                    && let Some(event) =
+                        propagation::linked_span(held.properties.headers().as_ref())
+                {
+                    span.add_link(event);
+                }
+            }
+        }
+        span.set_attribute("messaging.batch.message_count", linked.len() as i64);
     }
 
     /// An app's running flush finished its Weiling calls: its next queued flush may start fetching.
@@ -302,7 +349,8 @@ impl<'a> Driver<'a> {
     /// Routes one inbox delivery: no ids → ack now; ids → into the window, acked later.
     async fn on_delivery(&mut self, delivery: lapin::message::Delivery) -> Result<(), String> {
         let tag = delivery.delivery_tag;
-        self.settlements.received(tag);
+        let now = Instant::now();
+        self.settlements.received(tag, now);
         let Some(event) = InboxEvent::parse(&delivery) else {
             // Only the relay publishes to the inbox, after verification; anything else is parked.
             warn!(
@@ -341,7 +389,6 @@ impl<'a> Driver<'a> {
                         properties: delivery.properties,
                     },
                 );
-                let now = Instant::now();
                 for id in ids {
                     let contribution = Contribution {
                         delivery: tag,

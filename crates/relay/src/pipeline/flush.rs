@@ -12,13 +12,14 @@ use futures::future::join_all;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 use weiling_proto::unix_ms;
 
 use super::enrich::{EnrichError, Isolated, MAX_BATCH_IDS, RefusedId, WeilingClient};
 use super::publish::RecordPublisher;
 use super::publish::record::{Op, Record};
 use super::window::{DeliveryTag, Flush};
+use crate::telemetry::propagation;
 
 /// The stages a closed window passes through; cloned into each flush task.
 #[derive(Clone)]
@@ -169,6 +170,22 @@ async fn publish_chunk(
         .iter()
         .map(|(id, r)| (id.as_str(), &**r))
         .collect();
+    // Exported, each record carries this span's context, so a consumer of the records continues the
+    // trace of the callbacks that named its customer.
+    let span = if crate::telemetry::tracing_on() {
+        let exchange = stages.publish.exchange();
+        tracing::info_span!(
+            "publish",
+            otel.name = format!("publish {exchange}"),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "publish",
+            messaging.destination.name = exchange,
+            messaging.batch.message_count = chunk.len(),
+        )
+    } else {
+        tracing::Span::none()
+    };
     let mut publishes = Vec::new();
     for id in chunk {
         let Some(source) = flush.ids.get(id) else {
@@ -191,7 +208,7 @@ async fn publish_chunk(
         // Every fetched state is published, even one equal to the last this process sent:
         // other replicas, a failover, `reconcile` or `dlq replay` may have published another
         // state since, and only this one is known to be Weiling's now.
-        let message = stages.publish.message(&Record {
+        let mut message = stages.publish.message(&Record {
             entity: flush.entity,
             app_id: &flush.app_id,
             id,
@@ -200,6 +217,7 @@ async fn publish_chunk(
             source,
             fetched_at_ms: answer.fetched_at_ms,
         });
+        message.properties = propagation::inject(&span, message.properties);
         let first_event_at_ms = source.first_event_at_ms;
         publishes.push(async move {
             let started = std::time::Instant::now();
@@ -213,7 +231,7 @@ async fn publish_chunk(
             (&source.deliveries, op, confirmed)
         });
     }
-    for (deliveries, op, confirmed) in join_all(publishes).await {
+    for (deliveries, op, confirmed) in join_all(publishes).instrument(span).await {
         if confirmed {
             match op {
                 Op::Upsert => outcome.records += 1,

@@ -23,12 +23,26 @@ pub async fn post(
 ) -> Result<HttpResponse, CallbackError> {
     let started = Instant::now();
     // One span per callback; app and event type are filled in once verification names them.
-    let span = info_span!(
-        "callback",
-        app_id = Empty,
-        event_type = Empty,
-        outcome = Empty
-    );
+    // Exported, it is the trace's root: an HTTP server span (the extra fields stay out of the logs
+    // while traces are off).
+    let span = if crate::telemetry::tracing_on() {
+        info_span!(
+            "callback",
+            otel.name = "POST /weiling/callback",
+            otel.kind = "server",
+            http.request.method = "POST",
+            app_id = Empty,
+            event_type = Empty,
+            outcome = Empty
+        )
+    } else {
+        info_span!(
+            "callback",
+            app_id = Empty,
+            event_type = Empty,
+            outcome = Empty
+        )
+    };
     let mut app = None;
     let mut body = Some(body);
     let result = receive(
@@ -145,7 +159,13 @@ async fn receive(
     // retry, but a publish already on its way may still be confirmed. Finishing it, and recording
     // it in the replay cache, answers that retry `success` instead of storing the callback twice.
     // The in-flight permit goes with the answer, as before: the publisher bounds what it holds.
-    let storing = tokio::spawn(store(state.persister.clone(), verified, ticket));
+    let store = store(state.persister.clone(), verified, ticket);
+    let storing = if crate::telemetry::tracing_on() {
+        // The inbox publish is a child of this callback's span in the trace.
+        tokio::spawn(store.in_current_span())
+    } else {
+        tokio::spawn(store)
+    };
     match tokio::time::timeout(remaining(), storing).await {
         Ok(Ok(Ok(()))) => Ok(outcome),
         Ok(Ok(Err(source))) => Err(CallbackError::NotDurable {

@@ -11,16 +11,30 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<ReceiveState>) -> HttpResponse {
-    if state.draining.is_cancelled() {
-        return HttpResponse::ServiceUnavailable().body("draining");
-    }
-    match state.persister.publisher().state() {
-        LinkState::Ready => HttpResponse::Ok().body("ready"),
-        other => HttpResponse::ServiceUnavailable().body(format!("broker {}", other.as_str())),
+    match readiness(&state) {
+        Ok(()) => HttpResponse::Ok().body("ready"),
+        Err(why) => HttpResponse::ServiceUnavailable().body(why),
     }
 }
 
-/// Prometheus text exposition of every relay metric.
+fn readiness(state: &ReceiveState) -> Result<(), String> {
+    if state.draining.is_cancelled() {
+        return Err("draining".into());
+    }
+    match state.persister.publisher().state() {
+        LinkState::Ready => Ok(()),
+        other => Err(format!("broker {}", other.as_str())),
+    }
+}
+
+/// The relay's `/metrics`: `relay_ready` is taken from what `/readyz` would answer right now, so
+/// an alert on it sees exactly what the orchestrator sees.
+pub async fn relay_metrics(state: web::Data<ReceiveState>) -> HttpResponse {
+    crate::metrics::ready(readiness(&state).is_ok());
+    metrics().await
+}
+
+/// Prometheus text exposition of every metric of this process.
 pub async fn metrics() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

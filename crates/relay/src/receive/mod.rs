@@ -89,7 +89,7 @@ pub fn routes(state: web::Data<ReceiveState>) -> impl FnOnce(&mut web::ServiceCo
             )
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(health::metrics));
+            .route("/metrics", web::get().to(health::relay_metrics));
     }
 }
 

@@ -53,6 +53,8 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    pub const ALL: [Self; 3] = [Self::Decrypt, Self::ReceiveId, Self::Json];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Decrypt => "decrypt",

@@ -27,7 +27,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::config::{AppSettings, WeilingSettings};
 use crate::entity::Entity;
@@ -524,10 +524,30 @@ impl Inner {
         };
         // reqwest's own timeout covers send and body; this one also bounds anything around them.
         let started = std::time::Instant::now();
-        let answer = match tokio::time::timeout(self.request_timeout, exchange).await {
+        let bounded = tokio::time::timeout(self.request_timeout, exchange);
+        // The span names the path only: the query holds the access token.
+        let span = if crate::telemetry::tracing_on() {
+            tracing::info_span!(
+                "weiling call",
+                otel.name = format!("POST {}", entity.batch_path()),
+                otel.kind = "client",
+                http.request.method = "POST",
+                url.path = entity.batch_path(),
+                ids = ids.len(),
+                http.response.status_code = tracing::field::Empty,
+                weiling.code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let answer = match bounded.instrument(span.clone()).await {
             Ok(answer) => answer,
             Err(_) => transport("timed out".to_owned()),
         };
+        span.record("http.response.status_code", answer.status);
+        if let Some(code) = answer.code {
+            span.record("weiling.code", code);
+        }
         crate::metrics::weiling_request(
             entity.batch_endpoint(),
             &answer_label(&answer),

@@ -37,6 +37,10 @@ impl RecordPublisher {
         &self.publisher
     }
 
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
     /// The message for one record, addressed to the records exchange.
     pub fn message(&self, record: &record::Record) -> Outgoing {
         record::message(&self.exchange, record, self.sign_key.as_ref())

@@ -23,6 +23,8 @@ pub enum Op {
 }
 
 impl Op {
+    pub const ALL: [Self; 2] = [Self::Upsert, Self::Missing];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Upsert => "upsert",

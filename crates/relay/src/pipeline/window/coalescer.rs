@@ -54,6 +54,8 @@ pub enum FlushReason {
 }
 
 impl FlushReason {
+    pub const ALL: [Self; 4] = [Self::MaxIds, Self::Quiet, Self::MaxWait, Self::Drain];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MaxIds => "max_ids",
