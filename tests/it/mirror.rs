@@ -2,7 +2,6 @@
 //! exchanges and queues, and its own PostgreSQL schema, dropped at the end.
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,8 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::in_process::{AES_KEY, SHARED_BROKER, TOKEN, unique};
-
-const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use crate::support::process::{DATABASE_URL, KillOnDrop, start_mirror};
 
 static SCHEMAS: AtomicUsize = AtomicUsize::new(0);
 
@@ -712,43 +710,8 @@ async fn a_lost_database_connection_is_made_anew_and_nothing_is_lost() {
 }
 
 /// The binary as a child process, killed for real.
-struct MirrorProcess(Child);
-
-impl MirrorProcess {
-    fn start(rig: &Rig) -> MirrorProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_weiling-relay"))
-            .args([
-                "mirror",
-                "--queue",
-                &rig.queue,
-                "--schema",
-                &rig.schema,
-                "--prefetch",
-                "200",
-            ])
-            .env_clear()
-            .envs(&rig.env)
-            .env("WEILING_RELAY_DATABASE_URL", DATABASE_URL)
-            .env("RUST_LOG", "warn,lapin=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("relay binary starts");
-        MirrorProcess(child)
-    }
-
-    fn kill_9(&mut self) {
-        // Child::kill sends SIGKILL on Unix: no commit, no ack, no goodbye.
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for MirrorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn mirror_process(rig: &Rig) -> KillOnDrop {
+    start_mirror(&rig.env, &rig.queue, &rig.schema, &["--prefetch", "200"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -794,7 +757,7 @@ async fn a_killed_mirror_restarted_ends_equal_to_the_latest_state_of_every_custo
     let total = messages.len();
     let (first_half, second_half) = messages.split_at(total / 2);
 
-    let mut process = MirrorProcess::start(&rig);
+    let mut process = mirror_process(&rig);
     rig.publish(first_half).await;
     // Kill it once it has committed a few batches, while deliveries are still flowing.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -812,7 +775,7 @@ async fn a_killed_mirror_restarted_ends_equal_to_the_latest_state_of_every_custo
 
     rig.publish(second_half).await;
     let restarted = Instant::now();
-    let restarted_process = MirrorProcess::start(&rig);
+    let restarted_process = mirror_process(&rig);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut rows = HashMap::new();
     while Instant::now() < deadline {

@@ -14,9 +14,10 @@ use serde_json::Value;
 use weiling_sim::events::{self, CustomerChange};
 
 use crate::support::in_process::unique;
-use crate::support::process::{KillOnDrop, ProcessRig, RelayProcess, free_port};
+use crate::support::process::{
+    KillOnDrop, ProcessRig, RelayProcess, drop_schema, free_port, start_mirror,
+};
 
-const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const CHART_FILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/weiling-relay/files");
 /// What Grafana's `$__rate_interval` becomes here: four of the 1 s scrapes and then some.
 const RATE_INTERVAL: &str = "20s";
@@ -141,18 +142,11 @@ async fn prometheus_finds_data_for_every_panel_and_fires_the_circuit_alert() {
     let mirror_queue = format!("{}.mirror", rig.check);
     let schema = unique("monitoring").replace('-', "_");
     let mirror_addr = format!("127.0.0.1:{}", free_port());
-    let mirror = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_weiling-relay"))
-            .args(["mirror", "--queue", &mirror_queue, "--schema", &schema])
-            .args(["--metrics-listen", &mirror_addr])
-            .env_clear()
-            .envs(&rig.env)
-            .env("WEILING_RELAY_DATABASE_URL", DATABASE_URL)
-            .env("RUST_LOG", "warn,lapin=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("relay binary starts"),
+    let mirror = start_mirror(
+        &rig.env,
+        &mirror_queue,
+        &schema,
+        &["--metrics-listen", &mirror_addr],
     );
     let prometheus = Prometheus::start(&relay_addr, &mirror_addr);
 
@@ -245,13 +239,7 @@ async fn prometheus_finds_data_for_every_panel_and_fires_the_circuit_alert() {
         .channel
         .queue_delete(mirror_queue.as_str().into(), Default::default())
         .await;
-    if let Ok((db, connection)) = tokio_postgres::connect(DATABASE_URL, tokio_postgres::NoTls).await
-    {
-        tokio::spawn(connection);
-        let _ = db
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await;
-    }
+    drop_schema(&schema).await;
     rig.cleanup().await;
 
     let (alert, fired_after) = firing.unwrap_or_else(|| {

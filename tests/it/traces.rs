@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,9 +16,7 @@ use prost::Message;
 use weiling_sim::events;
 
 use crate::support::in_process::{AES_KEY, SHARED_BROKER, TOKEN, unique};
-use crate::support::process::{KillOnDrop, ProcessRig, RelayProcess, free_port};
-
-const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use crate::support::process::{ProcessRig, RelayProcess, drop_schema, free_port, start_mirror};
 
 /// One exported span, as the test needs it.
 #[derive(Debug, Clone)]
@@ -187,18 +184,11 @@ async fn one_callback_is_one_trace_from_the_http_edge_to_the_mirror() {
     relay_harness::scenario::wait_ready(&rig.base).await;
     let mirror_queue = format!("{}.mirror", rig.check);
     let schema = unique("traces").replace('-', "_");
-    let mirror = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_weiling-relay"))
-            .args(["mirror", "--queue", &mirror_queue, "--schema", &schema])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-            .env_clear()
-            .envs(&rig.env)
-            .env("WEILING_RELAY_DATABASE_URL", DATABASE_URL)
-            .env("RUST_LOG", "warn,lapin=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("relay binary starts"),
+    let mirror = start_mirror(
+        &rig.env,
+        &mirror_queue,
+        &schema,
+        &["--metrics-listen", &format!("127.0.0.1:{}", free_port())],
     );
     // The mirror's queue exists once it is up: only then can the record reach it. A passive
     // declare of a missing queue closes its channel, so each try gets a channel of its own.
@@ -254,13 +244,7 @@ async fn one_callback_is_one_trace_from_the_http_edge_to_the_mirror() {
         .channel
         .queue_delete(mirror_queue.as_str().into(), Default::default())
         .await;
-    if let Ok((db, connection)) = tokio_postgres::connect(DATABASE_URL, tokio_postgres::NoTls).await
-    {
-        tokio::spawn(connection);
-        let _ = db
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await;
-    }
+    drop_schema(&schema).await;
     let app_secret = rig.app_secret.clone();
     rig.cleanup().await;
 

@@ -389,6 +389,50 @@ impl ProcessRig {
 /// A child process (a mirror, a Prometheus) killed when the test ends, however it ends.
 pub struct KillOnDrop(pub Child);
 
+impl KillOnDrop {
+    /// SIGKILL now (no commit, no ack, no goodbye) and wait for the exit.
+    pub fn kill_9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+/// The database the mirror tests write to, each in a schema of its own.
+pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// `weiling-relay mirror` as a child process with the relay's environment `env`, reading `queue`
+/// into `schema` of the test database; `extra` arguments are appended.
+pub fn start_mirror(
+    env: &HashMap<String, String>,
+    queue: &str,
+    schema: &str,
+    extra: &[&str],
+) -> KillOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_weiling-relay"))
+        .args(["mirror", "--queue", queue, "--schema", schema])
+        .args(extra)
+        .env_clear()
+        .envs(env)
+        .env("WEILING_RELAY_DATABASE_URL", DATABASE_URL)
+        .env("RUST_LOG", "warn,lapin=off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("relay binary starts");
+    KillOnDrop(child)
+}
+
+/// Drops a test's mirror schema; best effort, the test's verdict does not depend on it.
+pub async fn drop_schema(schema: &str) {
+    if let Ok((db, connection)) = tokio_postgres::connect(DATABASE_URL, tokio_postgres::NoTls).await
+    {
+        tokio::spawn(connection);
+        let _ = db
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await;
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
