@@ -10,6 +10,7 @@ use lapin::types::AMQPValue;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use weiling_proto::unix_ms;
 
 use super::apply::{self, Outcome};
 use super::db::{self, Db, DbError, Target};
@@ -135,11 +136,11 @@ impl Worker {
                 return Ok(self.requeue());
             };
             relay::metrics::mirror_batch(started.elapsed());
-            let now = now_ms();
+            let now = unix_ms(std::time::SystemTime::now());
             for (_, record) in &good {
                 // A clock behind the relay's would make the lag negative: counted as none.
-                let lag_ms = u64::try_from(now.saturating_sub(record.fetched_at)).unwrap_or(0);
-                relay::metrics::mirror_lag(Duration::from_millis(lag_ms));
+                let fetched_at = u64::try_from(record.fetched_at).unwrap_or(0);
+                relay::metrics::mirror_lag(Duration::from_millis(now.saturating_sub(fetched_at)));
             }
             debug!(
                 deliveries = deliveries.len(),
@@ -316,13 +317,6 @@ enum Failure {
     Transient,
     /// PostgreSQL refused a value of the record: the error text.
     Data(String),
-}
-
-/// Wall-clock milliseconds, the unit of a record's `fetched_at`.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn apply_span(delivery: &Delivery) -> tracing::Span {

@@ -6,11 +6,11 @@ pub mod inbox;
 
 use std::sync::Arc;
 
-use tracing::{Instrument, info_span};
+use tracing::Instrument;
 
 use crate::amqp::{PublishError, Publisher};
 use crate::config::Settings;
-use crate::telemetry::propagation;
+use crate::telemetry::{self, propagation};
 use crate::verify::{AuthenticUndecodable, VerifiedEvent};
 
 /// Stores callbacks with one confirmed publish each.
@@ -37,18 +37,11 @@ impl Persister {
     /// Resolves once the broker confirmed the event is in every bound queue, the inbox included.
     pub async fn store_event(&self, event: VerifiedEvent) -> Result<(), PublishError> {
         let mut message = self.inbox.message(event);
-        if !crate::telemetry::tracing_on() {
-            return self.publisher.publish(message).await;
-        }
         // The event carries this span's context into the inbox: the flush that enriches it links here.
-        let span = info_span!(
-            "publish",
-            otel.name = format!("publish {}", message.exchange),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "publish",
-            messaging.destination.name = %message.exchange,
-            messaging.rabbitmq.destination.routing_key = %message.routing_key,
+        let span = telemetry::publish_span(&message.exchange);
+        span.record(
+            "messaging.rabbitmq.destination.routing_key",
+            message.routing_key.as_str(),
         );
         message.properties = propagation::inject(&span, message.properties);
         self.publisher.publish(message).instrument(span).await

@@ -172,20 +172,8 @@ async fn publish_chunk(
         .collect();
     // Exported, each record carries this span's context, so a consumer of the records continues the
     // trace of the callbacks that named its customer.
-    let span = if crate::telemetry::tracing_on() {
-        let exchange = stages.publish.exchange();
-        tracing::info_span!(
-            "publish",
-            otel.name = format!("publish {exchange}"),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "publish",
-            messaging.destination.name = exchange,
-            messaging.batch.message_count = chunk.len(),
-        )
-    } else {
-        tracing::Span::none()
-    };
+    let span = crate::telemetry::publish_span(stages.publish.exchange());
+    span.record("messaging.batch.message_count", chunk.len());
     let mut publishes = Vec::new();
     for id in chunk {
         let Some(source) = flush.ids.get(id) else {

@@ -108,6 +108,25 @@ fn tracer_provider(otlp: Otlp) -> Result<SdkTracerProvider, TelemetryError> {
         .build())
 }
 
+/// A producer span for one publish (or a batch of them) to `exchange`, named and attributed after
+/// the messaging conventions; the caller records the routing key or the batch size. `Span::none()`
+/// while traces are off.
+pub fn publish_span(exchange: &str) -> tracing::Span {
+    if !tracing_on() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {exchange}"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "publish",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = tracing::field::Empty,
+        messaging.batch.message_count = tracing::field::Empty,
+    )
+}
+
 /// OTLP/HTTP's traces path on the collector's base URL (given as is, the exporter posts to it).
 fn traces_url(endpoint: &str) -> String {
     format!("{}/v1/traces", endpoint.trim_end_matches('/'))
