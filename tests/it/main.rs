@@ -18,10 +18,12 @@ mod contacts;
 mod odd_answers;
 mod pipeline;
 mod scale;
+mod share;
 mod tenants;
 
 // The broker: faults outside the matrix, TLS.
 mod broker_faults;
+mod cluster;
 mod tls;
 
 // The fault matrix of reliability.md (b), row by row.

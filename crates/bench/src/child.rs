@@ -75,6 +75,19 @@ impl Server {
         self.child.id()
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `host:port`, as the relay tags its User-Agent with it.
+    pub fn listen(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("{}/metrics", self.base_url)
+    }
+
     pub fn callback_url(&self) -> String {
         format!("{}/weiling/callback", self.base_url)
     }

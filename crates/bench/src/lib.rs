@@ -13,6 +13,7 @@ mod load;
 mod procfs;
 mod records;
 mod report;
+mod scale_out;
 mod workload;
 
 use std::collections::HashMap;
@@ -50,6 +51,10 @@ pub struct BenchArgs {
     /// About a minute: every scenario, shortened, for CI. Judges no speed.
     #[arg(long)]
     pub quick: bool,
+    /// Only the scale-out scenario: enrichment with 1, 2 and 3 relays on one partitioned inbox while
+    /// Weiling answers in 200 ms; writes scale-out.md and scale-out.json (a few minutes).
+    #[arg(long)]
+    pub scale_out: bool,
     /// Internal: serve the bare ceiling handler on this address (the bench starts it as a child).
     #[arg(long, hide = true)]
     pub ceiling_server: Option<String>,
@@ -179,6 +184,9 @@ pub async fn run(args: BenchArgs) -> Result<bool, BenchError> {
     let plan = Plan::new(args.quick);
     std::fs::create_dir_all(&args.out)?;
     let mut bench = Bench::start(&args, plan).await?;
+    if args.scale_out {
+        return scale_out_only(&mut bench, &args, started).await;
+    }
     // Interrupted (Ctrl-C, SIGTERM): the running scenario is dropped, which kills its child
     // servers, and the queues and exchanges are still deleted below.
     let outcome = tokio::select! {
@@ -216,6 +224,48 @@ pub async fn run(args: BenchArgs) -> Result<bool, BenchError> {
         println!("  PROBLEM {problem}");
     }
     Ok(ok)
+}
+
+/// `bench --scale-out`: the one scenario, its report, and the clean-up.
+async fn scale_out_only(
+    bench: &mut Bench,
+    args: &BenchArgs,
+    started: Instant,
+) -> Result<bool, BenchError> {
+    let outcome = tokio::select! {
+        outcome = bench.scale_out() => outcome,
+        () = ceiling::interrupted() => Err(BenchError::Interrupted),
+    };
+    bench.finish().await;
+    let result = outcome?;
+    let m = &bench.results.machine;
+    let machine = format!(
+        "{} cores ({}), {} MB RAM, RabbitMQ {}, {} build",
+        m.cores,
+        m.cpu_model,
+        thousands(m.ram_mb as f64),
+        m.rabbitmq_version,
+        m.build
+    );
+    let command = format!(
+        "weiling-relay bench --scale-out --out {}{}",
+        args.out.display(),
+        if args.quick { " --quick" } else { "" }
+    );
+    std::fs::write(
+        args.out.join("scale-out.json"),
+        serde_json::to_string_pretty(&result)? + "\n",
+    )?;
+    std::fs::write(
+        args.out.join("scale-out.md"),
+        result.markdown(&command, &machine),
+    )?;
+    println!(
+        "\nscale-out finished in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        args.out.join("scale-out.md").display()
+    );
+    Ok(result.runs.iter().all(|run| run.ids_delivered > 0))
 }
 
 /// A server under test and how to tell whether it kept up.

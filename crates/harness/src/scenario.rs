@@ -672,11 +672,15 @@ async fn check(channel: Channel, queue: String, seen: Arc<Mutex<Seen>>) {
 pub async fn cleanup(channel: &Channel, amqp: &AmqpSettings, check_queue: &str) {
     let inbox = amqp.inbox_queues();
     let retry = amqp.inbox_retry_queue();
+    let roster = relay::amqp::claim::roster_queue(amqp);
+    let ask = relay::amqp::claim::ask_queue(amqp);
     for queue in [
         check_queue,
         &amqp.dead_letter_queue,
         &amqp.unrouted_exchange,
         &retry,
+        &roster,
+        &ask,
     ]
     .into_iter()
     .chain(inbox.iter().map(String::as_str))

@@ -101,6 +101,7 @@ pub struct AmqpSettings {
     pub heartbeat_s: u16,
     pub reconnect_max_delay_ms: u64,
     pub consume_inbox: bool,
+    pub shared_inbox: bool,
     pub tls_ca_file: String,
 }
 
@@ -598,6 +599,12 @@ impl Settings {
                 format!("must be 1–{MAX_INBOX_PARTITIONS}"),
             ));
         }
+        if a.shared_inbox && a.inbox_partitions > 1 {
+            return Err(ConfigError::invalid(
+                "amqp.shared_inbox",
+                "applies to one inbox queue only (inbox_partitions = 1); partitions are always shared out one relay each",
+            ));
+        }
         positive("amqp.connect_timeout_ms", a.connect_timeout_ms)?;
         positive("amqp.reconnect_max_delay_ms", a.reconnect_max_delay_ms)?;
         if usize::from(a.prefetch) <= self.window.max_ids {
@@ -1035,6 +1042,16 @@ mod tests {
             let err = Settings::load(None, &env).unwrap_err();
             assert_eq!(invalid_key(err), key, "{var}={value}");
         }
+    }
+
+    #[test]
+    fn a_shared_inbox_is_one_queue_only() {
+        let mut env = app_env();
+        env.insert("WEILING_RELAY__AMQP__SHARED_INBOX".into(), "true".into());
+        assert!(Settings::load(None, &env).unwrap().amqp.shared_inbox);
+        env.insert("WEILING_RELAY__AMQP__INBOX_PARTITIONS".into(), "4".into());
+        let err = Settings::load(None, &env).unwrap_err();
+        assert_eq!(invalid_key(err), "amqp.shared_inbox");
     }
 
     #[test]

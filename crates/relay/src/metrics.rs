@@ -37,6 +37,7 @@ pub const MIRROR_LAG: &str = "relay_mirror_lag_seconds";
 pub const READY: &str = "relay_ready";
 pub const QUEUE_MESSAGES: &str = "relay_queue_messages";
 pub const OLDEST_HELD: &str = "relay_inbox_oldest_held_seconds";
+pub const PARTITIONS_HELD: &str = "relay_inbox_partitions_held";
 
 const FAST: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5,
@@ -189,6 +190,11 @@ const DEFS: &[Def] = &[
         name: OLDEST_HELD,
         kind: Kind::Gauge,
         help: "Age of the oldest inbox delivery this relay holds unacked (in a window, being enriched or published); 0 when none.",
+    },
+    Def {
+        name: PARTITIONS_HELD,
+        kind: Kind::Gauge,
+        help: "Inbox queues (partitions) this relay holds and consumes; the relays of one inbox share them.",
     },
 ];
 
@@ -386,6 +392,10 @@ pub fn queue_messages(role: &'static str, messages: u32) {
 
 pub fn oldest_held(age: Duration) {
     gauge!(OLDEST_HELD).set(age.as_secs_f64());
+}
+
+pub fn partitions_held(count: usize) {
+    gauge!(PARTITIONS_HELD).set(count as f64);
 }
 
 #[cfg(test)]

@@ -228,6 +228,7 @@ async fn batch(
         http_status: response.status().as_u16(),
         user_agent,
         at,
+        answered_at: SystemTime::now(),
     });
     response
 }

@@ -82,6 +82,8 @@ pub struct BatchCall {
     pub user_agent: Option<String>,
     /// When the request arrived (before any injected latency).
     pub at: SystemTime,
+    /// When the records were read and the answer left: a call spans `at..=answered_at`.
+    pub answered_at: SystemTime,
 }
 
 /// A simulated Weiling OpenAPI. Clones share one state, so a test can flip faults while a server runs.

@@ -160,6 +160,14 @@ with a message that names the value to fix.
 {{- if ge (int64 $c.amqp.maxUnackedPerApp) (int64 $c.amqp.prefetch) }}
 {{- fail (printf "config.amqp.maxUnackedPerApp (%d) must be less than config.amqp.prefetch (%d), or one app could still take every unacked slot" (int64 $c.amqp.maxUnackedPerApp) (int64 $c.amqp.prefetch)) }}
 {{- end }}
+{{- if and $c.amqp.sharedInbox (gt (int64 $c.amqp.inboxPartitions) 1) }}
+{{- fail "config.amqp.sharedInbox applies to one inbox queue only (inboxPartitions = 1); partitions are always shared out one replica each" }}
+{{- end }}
+{{- $most := int64 .Values.replicaCount }}
+{{- if .Values.autoscaling.enabled }}{{ $most = int64 .Values.autoscaling.maxReplicas }}{{ end }}
+{{- if and $c.amqp.consumeInbox (eq (int64 $c.amqp.inboxPartitions) 1) (not $c.amqp.sharedInbox) (gt $most 1) }}
+{{- fail (printf "up to %d replicas consume one inbox queue: only one of them would enrich (the others wait on standby). Set config.amqp.inboxPartitions to at least %d so they share the work one customer per replica, or config.amqp.sharedInbox=true to have every replica consume the one queue, accepting that two replicas may fetch one customer at once and a record's fetched_at may order its states wrongly" $most $most) }}
+{{- end }}
 {{- if lt (int64 $c.security.replayWindowS) (mul 2 (int64 $c.security.timestampToleranceS)) }}
 {{- fail "config.security.replayWindowS must be at least twice config.security.timestampToleranceS" }}
 {{- end }}

@@ -3,6 +3,7 @@
 //! PostgreSQL clusters for tests that must not disturb the shared ones. The rig the demo and the bench
 //! share (simulator + relay + checking consumer) is the `relay-harness` crate.
 
+pub mod fleet;
 pub mod in_process;
 pub mod private_broker;
 pub mod private_postgres;

@@ -45,6 +45,10 @@ pub struct PrivateBroker {
     env: Vec<(&'static str, OsString)>,
     /// An amqps listener: its port and the PEM files it serves.
     tls: Option<(u16, TlsFiles)>,
+    /// The `enabled_plugins` file's term.
+    plugins: &'static str,
+    /// The Erlang cookie nodes of one cluster share; `None` lets the node make its own.
+    cookie: Option<String>,
 }
 
 /// PEM texts of an amqps listener: the CA, the server certificate and its key.
@@ -101,6 +105,11 @@ impl PrivateBroker {
 
     pub fn port(&self) -> u16 {
         self.amqp_port
+    }
+
+    /// The Erlang node name (`name@localhost`).
+    pub fn node_name(&self) -> &str {
+        &self.node
     }
 
     /// Stops the RabbitMQ application (the Erlang node stays up); AMQP connections fail.
@@ -191,6 +200,8 @@ impl PrivateBroker {
             dir,
             env,
             tls: None,
+            plugins: "[].",
+            cookie: None,
         }
     }
 
@@ -203,7 +214,16 @@ impl PrivateBroker {
             std::fs::create_dir_all(&path).map_err(|err| format!("create {path:?}: {err}"))?;
         }
         let plugins = self.dir.join("enabled_plugins");
-        std::fs::write(&plugins, "[].\n").map_err(|err| format!("write {plugins:?}: {err}"))?;
+        std::fs::write(&plugins, format!("{}\n", self.plugins))
+            .map_err(|err| format!("write {plugins:?}: {err}"))?;
+        if let Some(cookie) = &self.cookie {
+            use std::os::unix::fs::PermissionsExt;
+            let path = self.dir.join(".erlang.cookie");
+            std::fs::write(&path, cookie).map_err(|err| format!("write {path:?}: {err}"))?;
+            // Erlang refuses a cookie file others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+                .map_err(|err| format!("chmod {path:?}: {err}"))?;
+        }
         if let Some((port, files)) = &self.tls {
             self.write_tls_config(*port, files)?;
         }
@@ -350,6 +370,93 @@ impl PrivateBroker {
             }
             Err(err) => format!("no node log at {log:?} ({err})"),
         }
+    }
+}
+
+/// Three (or more) private nodes joined into one RabbitMQ cluster with `join_cluster`, each with the
+/// consistent-hash exchange plugin; dropping it stops every node.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateBroker>,
+}
+
+impl PrivateCluster {
+    pub async fn start(size: usize) -> PrivateCluster {
+        let cookie = format!(
+            "WEILINGIT{}{}",
+            std::process::id(),
+            NODE_COUNTER.load(Ordering::Relaxed)
+        );
+        let mut nodes: Vec<PrivateBroker> = Vec::new();
+        for _ in 0..size {
+            let mut failures = Vec::new();
+            let mut booted = None;
+            for _ in 0..BOOT_ATTEMPTS {
+                let mut node = PrivateBroker::prepare();
+                node.plugins = "[rabbitmq_consistent_hash_exchange].";
+                node.cookie = Some(cookie.clone());
+                match node.boot().await {
+                    Ok(()) => {
+                        booted = Some(node);
+                        break;
+                    }
+                    Err(err) => failures.push(format!("{}: {err}", node.node)),
+                }
+            }
+            let Some(node) = booted else {
+                panic!("cluster node failed to start:\n{}", failures.join("\n"));
+            };
+            if let Some(first) = nodes.first() {
+                node.rabbitmqctl(&["stop_app"]).await;
+                node.rabbitmqctl(&["join_cluster", first.node_name()]).await;
+                node.start_app().await;
+            }
+            nodes.push(node);
+        }
+        let cluster = PrivateCluster { nodes };
+        let status = cluster.nodes[0].rabbitmqctl(&["cluster_status"]).await;
+        for node in &cluster.nodes {
+            assert!(
+                status.contains(node.node_name()),
+                "{} not in the cluster: {status}",
+                node.node_name()
+            );
+        }
+        cluster
+    }
+
+    /// Every node's AMQP URL, comma-separated, as `amqp.url` takes a cluster.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(PrivateBroker::amqp_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Asks the first node in `alive` for the leader of every quorum queue whose name starts with
+    /// `prefix`: the node name per queue.
+    pub async fn leaders(&self, alive: usize, prefix: &str) -> Vec<(String, String)> {
+        let out = self.nodes[alive]
+            .rabbitmqctl(&[
+                "-q",
+                "--no-table-headers",
+                "list_queues",
+                "name",
+                "type",
+                "leader",
+            ])
+            .await;
+        out.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                match fields.as_slice() {
+                    [name, "quorum", leader, ..] if name.starts_with(prefix) => {
+                        Some(((*name).to_owned(), (*leader).to_owned()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
     }
 }
 

@@ -118,6 +118,19 @@ pub struct ProcessRig {
     message_ids: std::sync::Mutex<HashMap<String, usize>>,
     /// Queues a test declared with [`Self::own_queue`], deleted at cleanup.
     own_queues: std::sync::Mutex<Vec<String>>,
+    fetched: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Connects to the first of `urls` (one address, or a cluster's comma-separated) that answers.
+async fn connect_any(urls: &str) -> lapin::Connection {
+    let mut errors = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await {
+            Ok(connection) => return connection,
+            Err(error) => errors.push(format!("{url}: {error}")),
+        }
+    }
+    panic!("no broker address answered: {errors:?}");
 }
 
 impl ProcessRig {
@@ -170,10 +183,7 @@ impl ProcessRig {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         let settings = relay::config::Settings::load(None, &env).unwrap();
-        let connection =
-            lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
-                .await
-                .unwrap();
+        let connection = connect_any(amqp_url).await;
         let channel = connection.create_channel().await.unwrap();
         relay::amqp::topology::declare(&channel, &settings.amqp)
             .await
@@ -184,8 +194,16 @@ impl ProcessRig {
             durable: true,
             ..QueueDeclareOptions::default()
         };
+        // On a cluster (quorum inbox) the checking queue is replicated too, so it outlives a node.
+        let mut check_args = FieldTable::default();
+        if settings.amqp.inbox_queue_type == relay::config::QueueType::Quorum {
+            check_args.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("quorum".into()),
+            );
+        }
         channel
-            .queue_declare(check.as_str().into(), durable, FieldTable::default())
+            .queue_declare(check.as_str().into(), durable, check_args)
             .await
             .unwrap();
         channel
@@ -212,16 +230,20 @@ impl ProcessRig {
             latest: Default::default(),
             message_ids: Default::default(),
             own_queues: Default::default(),
+            fetched: Default::default(),
         }
     }
 
     /// A new inspector connection, after the broker dropped the old one.
     pub async fn reconnect(&mut self) {
         let url = self.env["WEILING_RELAY__AMQP__URL"].clone();
-        self.connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
+        self.connection = connect_any(&url).await;
         self.channel = self.connection.create_channel().await.unwrap();
+    }
+
+    /// Every `fetched_at` read so far (ms), in reading order.
+    pub fn fetched_at(&self) -> Vec<u64> {
+        self.fetched.lock().unwrap().clone()
     }
 
     pub fn keys(&self) -> std::sync::Arc<relay::verify::AppKeys> {
@@ -286,6 +308,7 @@ impl ProcessRig {
                         serde_json::from_slice(&message.delivery.data).unwrap();
                     let id = body["customer_id"].as_str().unwrap().to_owned();
                     let at = body["fetched_at"].as_u64().unwrap();
+                    self.fetched.lock().unwrap().push(at);
                     if let Some(message_id) = message.delivery.properties.message_id() {
                         *self
                             .message_ids

@@ -2,6 +2,7 @@
 //! topology, the messages' header names and properties ([`message`]), the supervised confirmed
 //! publisher, and the queue depths reported as metrics ([`depth`]).
 
+pub mod claim;
 pub mod connect;
 pub mod depth;
 pub mod link;

@@ -7,7 +7,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, QueueType};
 
 /// Binding of the inbox to the events exchange: every event of every app.
 pub const INBOX_BINDING: &str = "event.#";
@@ -39,7 +39,7 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin
         .queue_declare(
             amqp.dead_letter_queue.as_str().into(),
             durable_queue,
-            FieldTable::default(),
+            replicated(amqp),
         )
         .await?;
 
@@ -58,7 +58,7 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin
         .queue_declare(
             amqp.unrouted_exchange.as_str().into(),
             durable_queue,
-            FieldTable::default(),
+            replicated(amqp),
         )
         .await?;
     channel
@@ -203,6 +203,20 @@ async fn declare_retry(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lap
         )
         .await
         .map(|_| ())
+}
+
+/// The dead-letter and unrouted queues follow the inbox onto quorum queues, so on a cluster no
+/// parked message depends on one node. Classic ones keep the arguments they always had (none), so a
+/// broker holding them from before accepts the declare.
+fn replicated(amqp: &AmqpSettings) -> FieldTable {
+    let mut args = FieldTable::default();
+    if amqp.inbox_queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            long_string(QueueType::Quorum.as_str()),
+        );
+    }
+    args
 }
 
 fn long_string(s: &str) -> AMQPValue {

@@ -12,11 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::{Channel, Connection};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -28,6 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::ack::{AckTracker, Settlements};
 use super::extract::{Extracted, Mapping};
 use super::flush::{self, FetchSlot, FlushOutcome, RefusedDeliveries, Stages};
+use super::partitions::{self, Deliveries, Inbound, Partitions};
 use super::window::{self, Coalescer, Contribution, DeliveryTag, Flush, Limits};
 use crate::amqp::link::Reconnect;
 use crate::amqp::message::{self, header};
@@ -83,10 +80,10 @@ pub fn spawn(
 struct Session {
     connection: Connection,
     channel: Channel,
-    /// One consumer per inbox queue (partition), merged; delivery tags are per channel, so one
-    /// tracker acks them all.
+    /// One consumer per inbox queue (partition) this relay holds, merged; delivery tags are per
+    /// channel, so one tracker acks them all.
     consumer: futures::stream::SelectAll<Deliveries>,
-    consumer_tags: Vec<String>,
+    partitions: Partitions,
     /// Ends the queue-depth counting with the session.
     _depth: tokio_util::sync::DropGuard,
 }
@@ -102,39 +99,10 @@ impl Session {
         channel
             .basic_qos(pipeline.amqp.prefetch, BasicQosOptions::default())
             .await?;
-        // With partitions each queue has single-active-consumer: this process is active on the
-        // partitions it subscribed to first and a standby on the others, taking over when the active
-        // relay's channel closes.
         let mut consumer = futures::stream::SelectAll::new();
-        let mut consumer_tags = Vec::new();
-        for queue in pipeline.amqp.inbox_queues() {
-            let tag = format!(
-                "{}-{}-{queue}",
-                pipeline.connection_name,
-                std::process::id()
-            );
-            let deliveries = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            // One ended consumer (its queue deleted, say) must end the session like a lone one
-            // would, so the reconnect re-declares the topology; the merged stream alone would go
-            // on with the other partitions.
-            let ended = futures::stream::once(async move {
-                Err(format!("consumer of {queue} cancelled by the broker"))
-            });
-            let merged: Deliveries = Box::pin(
-                deliveries
-                    .map(|next| next.map_err(|error| format!("consumer error: {error}")))
-                    .chain(ended),
-            );
-            consumer.push(merged);
-            consumer_tags.push(tag);
-        }
+        let tag_prefix = format!("{}-{}", pipeline.connection_name, std::process::id());
+        let partitions =
+            Partitions::open(&channel, &pipeline.amqp, tag_prefix, &mut consumer).await?;
         let depth = CancellationToken::new();
         crate::amqp::depth::spawn(
             connection.create_channel().await?,
@@ -145,7 +113,7 @@ impl Session {
             connection,
             channel,
             consumer,
-            consumer_tags,
+            partitions,
             _depth: depth.drop_guard(),
         })
     }
@@ -162,15 +130,19 @@ impl Session {
         abort: &CancellationToken,
     ) -> Option<String> {
         let Session {
+            connection,
             channel,
             consumer,
-            consumer_tags,
+            partitions,
             ..
         } = self;
-        let mut driver = Driver::new(pipeline, channel, abort);
+        let mut driver = Driver::new(pipeline, channel, abort, partitions.count());
         let mut draining = false;
         let mut gauge_tick = tokio::time::interval(GAUGE_INTERVAL);
         gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first round runs at once: it claims this relay's share.
+        let mut balance_tick = tokio::time::interval(partitions::ROUND);
+        balance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if draining && driver.flushes.is_empty() && driver.deferrals.is_empty() {
                 return None;
@@ -182,13 +154,7 @@ impl Session {
                 () = stop.cancelled(), if !draining => {
                     draining = true;
                     // No new deliveries; everything already taken is flushed, confirmed and acked.
-                    for tag in consumer_tags.iter() {
-                        let _ = tokio::time::timeout(
-                            ACK_TIMEOUT,
-                            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
-                        )
-                        .await;
-                    }
+                    partitions.cancel_all(channel).await;
                     for flush in driver.coalescer.drain_all() {
                         driver.start_flush(flush);
                     }
@@ -211,29 +177,47 @@ impl Session {
                     crate::metrics::oldest_held(oldest.map_or(Duration::ZERO, |at| at.elapsed()));
                     Ok(())
                 }
+                _ = balance_tick.tick(), if partitions.balanced() && !draining => {
+                    match partitions.round(connection, channel, &pipeline.amqp, consumer, &driver.open_per_partition).await {
+                        // A hand-back waits for the partition's deliveries: flush their windows now.
+                        Ok(true) => {
+                            for flush in driver.coalescer.drain_all() {
+                                driver.start_flush(flush);
+                            }
+                            Ok(())
+                        }
+                        Ok(false) => Ok(()),
+                        Err(error) => Err(format!("subscribing to a claimed partition failed: {error}")),
+                    }
+                }
                 () = window::timer::until(deadline), if deadline.is_some() => {
                     for flush in driver.coalescer.drain_due(Instant::now()) {
                         driver.start_flush(flush);
                     }
                     Ok(())
                 }
-                next = consumer.next(), if !draining => match next {
-                    Some(Ok(delivery)) => driver.on_delivery(delivery).await,
-                    Some(Err(reason)) => Err(reason),
-                    None => Err("consumer cancelled by the broker".into()),
+                next = consumer.next(), if !draining && !consumer.is_empty() => match next {
+                    Some((index, Inbound::Delivery(delivery))) => driver.on_delivery(index, delivery).await,
+                    Some((_, Inbound::Failed(reason))) => Err(reason),
+                    Some((index, Inbound::Ended)) if partitions.expects_end(index) => Ok(()),
+                    Some((index, Inbound::Ended)) => {
+                        Err(format!("consumer of {} cancelled by the broker", partitions.queue(index)))
+                    }
+                    // The last partition's consumer ended; a later round may claim another.
+                    None => Ok(()),
                 },
             };
             if let Err(reason) = step.and(driver.send_acks().await) {
                 return Some(reason);
             }
+            if !draining && partitions.releasing() {
+                partitions
+                    .finish_releases(connection, &driver.open_per_partition, false)
+                    .await;
+            }
         }
     }
 }
-
-/// Sync as well as Send: the session is borrowed across awaits in a spawned task.
-type Deliveries = std::pin::Pin<
-    Box<dyn futures::Stream<Item = Result<lapin::message::Delivery, String>> + Send + Sync>,
->;
 
 /// The state of one consumer session. Delivery tags are only valid on their channel, so all of it
 /// is dropped with the session; unacked deliveries are redelivered to the next one.
@@ -258,10 +242,19 @@ struct Driver<'a> {
     fetch_done: mpsc::UnboundedSender<String>,
     fetch_done_rx: mpsc::UnboundedReceiver<String>,
     abort: &'a CancellationToken,
+    /// The partition of every unsettled delivery, and how many each has: a partition is handed
+    /// back only once its count is 0.
+    partition_of: HashMap<DeliveryTag, usize>,
+    open_per_partition: Vec<usize>,
 }
 
 impl<'a> Driver<'a> {
-    fn new(pipeline: &'a Pipeline, channel: &'a Channel, abort: &'a CancellationToken) -> Self {
+    fn new(
+        pipeline: &'a Pipeline,
+        channel: &'a Channel,
+        abort: &'a CancellationToken,
+        partitions: usize,
+    ) -> Self {
         let w = &pipeline.window;
         let (fetch_done, fetch_done_rx) = mpsc::unbounded_channel();
         Self {
@@ -282,6 +275,8 @@ impl<'a> Driver<'a> {
             fetch_done,
             fetch_done_rx,
             abort,
+            partition_of: HashMap::new(),
+            open_per_partition: vec![0; partitions],
         }
     }
 
@@ -347,10 +342,18 @@ impl<'a> Driver<'a> {
     }
 
     /// Routes one inbox delivery: no ids → ack now; ids → into the window, acked later.
-    async fn on_delivery(&mut self, delivery: lapin::message::Delivery) -> Result<(), String> {
+    async fn on_delivery(
+        &mut self,
+        partition: usize,
+        delivery: lapin::message::Delivery,
+    ) -> Result<(), String> {
         let tag = delivery.delivery_tag;
         let now = Instant::now();
         self.settlements.received(tag, now);
+        self.partition_of.insert(tag, partition);
+        if let Some(open) = self.open_per_partition.get_mut(partition) {
+            *open += 1;
+        }
         let Some(event) = InboxEvent::parse(&delivery) else {
             // Only the relay publishes to the inbox, after verification; anything else is parked.
             warn!(
@@ -509,8 +512,14 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// A delivery is settled (acked or returned): it no longer counts against its app.
+    /// A delivery is settled (acked or returned): it no longer counts against its app or its
+    /// partition.
     fn release(&mut self, tag: DeliveryTag) {
+        if let Some(partition) = self.partition_of.remove(&tag)
+            && let Some(open) = self.open_per_partition.get_mut(partition)
+        {
+            *open = open.saturating_sub(1);
+        }
         let Some(held) = self.held.remove(&tag) else {
             return;
         };

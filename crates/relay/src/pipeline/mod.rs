@@ -13,7 +13,9 @@ pub mod consumer;
 pub mod enrich;
 pub mod extract;
 pub mod flush;
+pub mod partitions;
 pub mod publish;
+pub mod share;
 pub mod window;
 
 pub use consumer::{Pipeline, spawn};
