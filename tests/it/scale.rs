@@ -1,6 +1,6 @@
 //! Scale-out on RabbitMQ (design.md §6): two relay processes share one partitioned inbox (P = 4
-//! quorum queues behind the consistent-hash exchange, single-active-consumer), every replica serves
-//! callbacks, one is killed with SIGKILL halfway, and the other takes its partitions over.
+//! quorum queues behind the consistent-hash exchange, claimed two each), every replica serves
+//! callbacks, one is killed with SIGKILL halfway, and the other claims its partitions.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -240,7 +240,7 @@ async fn scale_out_only(
     let result = outcome?;
     let m = &bench.results.machine;
     let machine = format!(
-        "{} cores ({}), {} MB RAM, RabbitMQ {}, {} build",
+        "{} cores ({}), {} MB RAM, RabbitMQ {}, {}",
         m.cores,
         m.cpu_model,
         thousands(m.ram_mb as f64),

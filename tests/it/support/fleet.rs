@@ -11,7 +11,7 @@ use futures::StreamExt;
 use weiling_sim::events::{self, CustomerChange};
 use weiling_sim::{CallbackDriver, Outcome, RetryPolicy};
 
-use crate::support::process::{ProcessRig, RelayProcess, free_port};
+use crate::support::process::{ProcessRig, RelayProcess, free_port, listening_on};
 
 /// One relay process of the fleet.
 pub struct Member {
@@ -24,16 +24,7 @@ impl Member {
     /// Starts a relay on the rig's environment, on a port of its own, with `extra` settings.
     pub async fn start(rig: &ProcessRig, name: char, extra: &[(&str, &str)]) -> Member {
         let port = free_port();
-        let mut env = rig.env.clone();
-        env.insert(
-            "WEILING_RELAY__SERVER__LISTEN".into(),
-            format!("127.0.0.1:{port}"),
-        );
-        env.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        let env = listening_on(&rig.env, port, extra);
         let base = format!("http://127.0.0.1:{port}");
         let process = RelayProcess::start(&env);
         relay_harness::scenario::wait_ready(&base).await;

@@ -121,6 +121,25 @@ pub struct ProcessRig {
     fetched: std::sync::Mutex<Vec<u64>>,
 }
 
+/// `env` with the relay listening on 127.0.0.1:`port` and `extra` settings on top.
+pub fn listening_on(
+    env: &HashMap<String, String>,
+    port: u16,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let mut env = env.clone();
+    env.insert(
+        "WEILING_RELAY__SERVER__LISTEN".into(),
+        format!("127.0.0.1:{port}"),
+    );
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
+}
+
 /// Connects to the first of `urls` (one address, or a cluster's comma-separated) that answers.
 async fn connect_any(urls: &str) -> lapin::Connection {
     let mut errors = Vec::new();
@@ -167,20 +186,15 @@ impl ProcessRig {
             token: TOKEN.into(),
             encoding_aes_key: AES_KEY.into(),
         };
-        let mut env = relay_harness::scenario::relay_env(
-            &prefix,
-            amqp_url,
-            &format!("http://{sim_addr}"),
-            &app,
-        );
-        env.insert(
-            "WEILING_RELAY__SERVER__LISTEN".into(),
-            format!("127.0.0.1:{port}"),
-        );
-        env.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        let env = listening_on(
+            &relay_harness::scenario::relay_env(
+                &prefix,
+                amqp_url,
+                &format!("http://{sim_addr}"),
+                &app,
+            ),
+            port,
+            extra,
         );
         let settings = relay::config::Settings::load(None, &env).unwrap();
         let connection = connect_any(amqp_url).await;

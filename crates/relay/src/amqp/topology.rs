@@ -147,8 +147,8 @@ async fn declare_inbox(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lap
             FieldTable::default(),
         )
         .await?;
-    // One active consumer per partition: the events of one customer are windowed by one relay at a
-    // time, and a standby takes over when the active one's channel closes.
+    // A relay consumes a partition only while it holds its claim (`claim`); single-active-consumer
+    // is the broker's own guard on top, should two ever subscribe.
     inbox_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     for queue in amqp.inbox_queues() {
         channel

@@ -67,6 +67,7 @@ pub struct Partitions {
     /// Kept so the roster subscription lives as long as the session.
     _roster: Option<lapin::Consumer>,
     last_ask: Option<Instant>,
+    standby: bool,
 }
 
 impl Partitions {
@@ -91,11 +92,13 @@ impl Partitions {
             roster_tag: None,
             _roster: None,
             last_ask: None,
+            standby: false,
         };
         if !balanced {
             for index in 0..partitions.queues.len() {
                 partitions.subscribe(channel, index, consumer).await?;
             }
+            crate::metrics::partitions_held(partitions.queues.len());
             return Ok(partitions);
         }
         claim::declare(channel, amqp).await?;
@@ -262,6 +265,16 @@ impl Partitions {
                 if starving && got < up_to {
                     self.ask_rebalance(connection, amqp).await;
                 }
+                // Said once per stretch: more relays than partitions, or one inbox queue that
+                // another relay consumes.
+                if got == 0 && !self.standby {
+                    info!(
+                        relays,
+                        partitions = self.queues.len(),
+                        "every inbox partition is held by another relay: serving callbacks, on standby for the inbox"
+                    );
+                }
+                self.standby = got == 0;
             }
         }
         crate::metrics::partitions_held(self.held());
