@@ -376,6 +376,30 @@ impl FaultRig {
 
     /// The inbox depth once no consumer is left on it (a half-open connection may take a few
     /// heartbeats to be closed by the broker), so messages held unacked are counted too.
+    /// Waits (up to the retry delay and 15 s more) until the retry queue holds nothing.
+    pub async fn await_retry_queue_empty(&self) {
+        let deadline = Instant::now()
+            + Duration::from_millis(self.settings.amqp.retry_delay_ms)
+            + Duration::from_secs(15);
+        let queue = self.settings.amqp.inbox_retry_queue();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        while Instant::now() < deadline {
+            let (connection, channel) = self.inspect().await;
+            let waiting = channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .map_or(0, |q| q.message_count());
+            let _ = connection.close(200, "counted".into()).await;
+            if waiting == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn inbox_depth_without_consumers(&self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -661,8 +685,11 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let settle = settle_started.elapsed();
-    // Stragglers (duplicates, the last acks) before counting.
+    // Stragglers (duplicates, the last acks) before counting, and deliveries a rate-limited app had
+    // moved to the retry queue: they return to the inbox after `retry_delay_ms` and would otherwise
+    // be counted as left over although the relay never stopped consuming.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    rig.await_retry_queue_empty().await;
     // With the relay stopped, whatever it held unacked is back in the queue and counted.
     rig.stop_relay().await;
     let inbox_end = rig.inbox_depth_without_consumers().await;

@@ -187,7 +187,7 @@ impl Session {
                             Ok(())
                         }
                         Ok(false) => Ok(()),
-                        Err(error) => Err(format!("subscribing to a claimed partition failed: {error}")),
+                        Err(error) => Err(error.to_string()),
                     }
                 }
                 () = window::timer::until(deadline), if deadline.is_some() => {

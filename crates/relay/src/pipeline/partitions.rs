@@ -45,6 +45,14 @@ pub enum Inbound {
 pub type Deliveries =
     std::pin::Pin<Box<dyn futures::Stream<Item = (usize, Inbound)> + Send + Sync>>;
 
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error("the broker link is gone")]
+    LinkLost,
+    #[error("subscribing to a claimed partition failed: {0}")]
+    Subscribe(#[from] lapin::Error),
+}
+
 #[derive(PartialEq, Eq)]
 enum State {
     Free,
@@ -212,7 +220,7 @@ impl Partitions {
     /// One balancing round. `open[i]` is how many deliveries of partition `i` are not settled yet.
     /// Returns whether a hand-back started, so the caller flushes its windows now instead of
     /// waiting for their timers. A broker error here only skips the round; an error on the
-    /// consumer's channel ends the session.
+    /// consumer's channel, or a link that is gone, ends the session.
     pub async fn round(
         &mut self,
         connection: &Connection,
@@ -220,7 +228,13 @@ impl Partitions {
         amqp: &AmqpSettings,
         consumer: &mut futures::stream::SelectAll<Deliveries>,
         open: &[usize],
-    ) -> Result<bool, lapin::Error> {
+    ) -> Result<bool, RoundError> {
+        // A relay holding no partition has no consumer stream to report a dead link: without this
+        // a standby (or a relay whose claims failed while the broker restarted) would wait on a
+        // connection that no longer exists.
+        if !connection.status().connected() || !channel.status().connected() {
+            return Err(RoundError::LinkLost);
+        }
         if !self.balanced {
             return Ok(false);
         }
