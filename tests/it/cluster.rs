@@ -42,10 +42,11 @@ async fn three_relays_lose_nothing_when_the_node_leading_most_queues_is_killed()
     let b = Member::start(&rig, 'B', &[]).await;
     let c = Member::start(&rig, 'C', &[]).await;
     let members = [&a, &b, &c];
+    let ids = [a.id(), b.id(), c.id()];
     let (balanced_in, shares) = fleet::await_shares(
         || list_consumers(&cluster, 0),
         &queues,
-        &members,
+        &ids,
         Duration::from_secs(60),
         |s| s.len() == 3 && s.values().all(|n| *n == PARTITIONS / 3),
     )
@@ -110,7 +111,7 @@ async fn three_relays_lose_nothing_when_the_node_leading_most_queues_is_killed()
     let (after_kill, shares_after) = fleet::await_shares(
         || list_consumers(&cluster, survivor),
         &queues,
-        &members,
+        &ids,
         Duration::from_secs(60),
         |s| s.len() == 3,
     )

@@ -49,31 +49,17 @@ async fn two_relays_on_four_quorum_partitions_lose_nothing_when_one_is_killed() 
     let b = RelayProcess::start(&env_b);
     relay_harness::scenario::wait_ready(&base_b).await;
     // Until B has its two partitions, A may fetch customers that will be B's: wait for the split.
-    let marks = [format!("-{}-", a.pid()), format!("-{}-", b.pid())];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let consumers = fleet::list_consumers_shared().await;
-        let held = |mark: &str| {
-            queues
-                .iter()
-                .filter(|queue| {
-                    consumers.lines().any(|line| {
-                        line.starts_with(&format!("{queue}\t"))
-                            && line.contains(mark)
-                            && line.ends_with("\ttrue")
-                    })
-                })
-                .count()
-        };
-        if marks.iter().all(|mark| held(mark) == PARTITIONS / 2) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "A and B do not hold two partitions each within 30 s:\n{consumers}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    fleet::await_shares(
+        fleet::list_consumers_shared,
+        &queues,
+        &[
+            ('A', fleet::tag_mark(a.pid())),
+            ('B', fleet::tag_mark(b.pid())),
+        ],
+        Duration::from_secs(30),
+        |shares| shares.len() == 2 && shares.values().all(|n| *n == PARTITIONS / 2),
+    )
+    .await;
     // The simulator tells the processes apart by the instance tag in their User-Agent.
     let agent_a = format!("({})", rig.base.trim_start_matches("http://"));
     let agent_b = format!("({})", base_b.trim_start_matches("http://"));

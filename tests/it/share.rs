@@ -48,7 +48,7 @@ async fn relays_split_eight_partitions_fairly_as_they_join_and_die() {
     let (two, shares_two) = fleet::await_shares(
         fleet::list_consumers_shared,
         &queues,
-        &[&a, &b],
+        &[a.id(), b.id()],
         BALANCED_WITHIN,
         |s| even(s, 2),
     )
@@ -59,7 +59,7 @@ async fn relays_split_eight_partitions_fairly_as_they_join_and_die() {
     let (three, shares_three) = fleet::await_shares(
         fleet::list_consumers_shared,
         &queues,
-        &[&a, &b, &c],
+        &[a.id(), b.id(), c.id()],
         BALANCED_WITHIN,
         |s| even(s, 3),
     )
@@ -81,7 +81,7 @@ async fn relays_split_eight_partitions_fairly_as_they_join_and_die() {
     let (after_kill, shares_after) = fleet::await_shares(
         fleet::list_consumers_shared,
         &queues,
-        &survivors,
+        &survivors.iter().map(|m| m.id()).collect::<Vec<_>>(),
         BALANCED_WITHIN,
         |s| even(s, 2),
     )

@@ -42,8 +42,18 @@ impl Member {
 
     /// What this relay's consumer tags contain.
     pub fn tag_mark(&self) -> String {
-        format!("-{}-", self.process.pid())
+        tag_mark(self.process.pid())
     }
+
+    /// Its name and tag mark, as [`await_shares`] tells relays apart.
+    pub fn id(&self) -> (char, String) {
+        (self.name, self.tag_mark())
+    }
+}
+
+/// What the consumer tags of the relay process `pid` contain.
+pub fn tag_mark(pid: u32) -> String {
+    format!("-{pid}-")
 }
 
 /// Which relay (by name) is the active consumer of each of `queues`, from `list_consumers` output
@@ -51,7 +61,7 @@ impl Member {
 pub fn active_consumers(
     list_consumers: &str,
     queues: &[String],
-    members: &[&Member],
+    relays: &[(char, String)],
 ) -> BTreeMap<String, Vec<char>> {
     let mut active: BTreeMap<String, Vec<char>> = BTreeMap::new();
     for line in list_consumers.lines() {
@@ -62,10 +72,10 @@ pub fn active_consumers(
         if *is_active != "true" || !queues.iter().any(|q| q == queue) {
             continue;
         }
-        let who = members
+        let who = relays
             .iter()
-            .find(|m| tag.contains(&m.tag_mark()))
-            .map_or('?', |m| m.name);
+            .find(|(_, mark)| tag.contains(mark.as_str()))
+            .map_or('?', |(name, _)| *name);
         active.entry((*queue).to_owned()).or_default().push(who);
     }
     active
@@ -211,12 +221,12 @@ async fn send_somewhere(
 }
 
 /// Polls `read` (the broker's `list_consumers`) until every queue has one active consumer among
-/// `members` and the shares satisfy `fair`, or `within` passes; returns the time it took and the
+/// `relays` (name, tag mark) and the shares satisfy `fair`, or `within` passes; returns the time it took and the
 /// shares, or panics with the last view.
 pub async fn await_shares<F, Fut>(
     mut read: F,
     queues: &[String],
-    members: &[&Member],
+    relays: &[(char, String)],
     within: Duration,
     fair: impl Fn(&BTreeMap<char, usize>) -> bool,
 ) -> (Duration, BTreeMap<char, usize>)
@@ -227,7 +237,7 @@ where
     let started = Instant::now();
     let mut last = BTreeMap::new();
     while started.elapsed() < within {
-        last = active_consumers(&read().await, queues, members);
+        last = active_consumers(&read().await, queues, relays);
         if let Some(shares) = shares(&last, queues)
             && fair(&shares)
         {

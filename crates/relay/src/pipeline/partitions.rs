@@ -195,19 +195,25 @@ impl Partitions {
     }
 
     async fn cancel(&mut self, channel: &Channel, index: usize) {
-        let Some(state) = self.state.get_mut(index) else {
+        // Only a held partition is handed back; a free or releasing one stays as it is.
+        let Some(state) = self
+            .state
+            .get_mut(index)
+            .filter(|state| matches!(state, State::Held { .. }))
+        else {
             return;
         };
-        if let State::Held { consumer_tag } = std::mem::replace(state, State::Releasing) {
-            let cancel =
-                channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default());
-            if let Err(error) = tokio::time::timeout(OP_TIMEOUT, cancel)
-                .await
-                .unwrap_or_else(|_| Err(std::io::Error::other("timed out").into()))
-            {
-                warn!(%error, queue = %self.queue(index), "cancelling a partition's consumer failed");
-            }
-        }
+        let State::Held { consumer_tag } = std::mem::replace(state, State::Releasing) else {
+            return;
+        };
+        let cancel =
+            channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default());
+        let failure = match tokio::time::timeout(OP_TIMEOUT, cancel).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        warn!(error = %failure, queue = %self.queue(index), "cancelling a partition's consumer failed");
     }
 
     fn held(&self) -> usize {
