@@ -55,6 +55,18 @@ pub struct BenchArgs {
     /// Weiling answers in 200 ms; writes scale-out.md and scale-out.json (a few minutes).
     #[arg(long)]
     pub scale_out: bool,
+    /// Only the steady run, at this rate (callbacks/s), with a fresh relay: for memory work, where
+    /// the searches before it would only delay the answer. Writes steady.json.
+    #[arg(long, value_name = "RATE")]
+    pub steady_only: Option<f64>,
+    /// Only the CPU comparison at this rate (callbacks/s): the bare handler, an ingest-only relay and
+    /// the whole relay in turn, each for the full run's step length; prints the CPU per 1,000
+    /// callbacks and the relay's ratio to the bare handler (about two minutes).
+    #[arg(long, value_name = "RATE", conflicts_with = "steady_only")]
+    pub cost_only: Option<f64>,
+    /// With `--steady-only`: minutes measured after the warm-up (default: the full run's 20).
+    #[arg(long, value_name = "MINUTES", requires = "steady_only")]
+    pub steady_minutes: Option<f64>,
     /// Internal: serve the bare ceiling handler on this address (the bench starts it as a child).
     #[arg(long, hide = true)]
     pub ceiling_server: Option<String>,
@@ -187,6 +199,12 @@ pub async fn run(args: BenchArgs) -> Result<bool, BenchError> {
     if args.scale_out {
         return scale_out_only(&mut bench, &args, started).await;
     }
+    if let Some(rate) = args.steady_only {
+        return steady_only(&mut bench, &args, rate).await;
+    }
+    if let Some(rate) = args.cost_only {
+        return cost_only(&mut bench, rate).await;
+    }
     // Interrupted (Ctrl-C, SIGTERM): the running scenario is dropped, which kills its child
     // servers, and the queues and exchanges are still deleted below.
     let outcome = tokio::select! {
@@ -224,6 +242,50 @@ pub async fn run(args: BenchArgs) -> Result<bool, BenchError> {
         println!("  PROBLEM {problem}");
     }
     Ok(ok)
+}
+
+/// `bench --steady-only RATE`: the steady run alone, its figures printed and kept in steady.json.
+async fn steady_only(bench: &mut Bench, args: &BenchArgs, rate: f64) -> Result<bool, BenchError> {
+    if let Some(minutes) = args.steady_minutes {
+        bench.plan.steady_measure = Duration::from_secs_f64(minutes.max(0.0) * 60.0);
+    }
+    let outcome = tokio::select! {
+        outcome = bench.steady_at(rate) => outcome,
+        () = ceiling::interrupted() => Err(BenchError::Interrupted),
+    };
+    bench.finish().await;
+    outcome?;
+    let path = args.out.join("steady.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&bench.results.steady)? + "\n",
+    )?;
+    println!("steady run written to {}", path.display());
+    Ok(bench
+        .results
+        .steady
+        .as_ref()
+        .is_some_and(|s| s.step.error_free()))
+}
+
+/// `bench --cost-only RATE`: where the CPU goes at one rate, printed.
+async fn cost_only(bench: &mut Bench, rate: f64) -> Result<bool, BenchError> {
+    let outcome = tokio::select! {
+        outcome = bench.cost_alone(rate) => outcome,
+        () = ceiling::interrupted() => Err(BenchError::Interrupted),
+    };
+    bench.finish().await;
+    let rows = outcome?;
+    let per_1000 = |row: &CostRow| row.server_s_per_1000;
+    if let (Some(bare), Some(whole)) = (rows.first(), rows.last()) {
+        println!(
+            "\nrelay CPU per 1,000 callbacks / bare handler's: {:.3} / {:.3} s = {:.2} ×",
+            per_1000(whole),
+            per_1000(bare),
+            per_1000(whole) / per_1000(bare).max(f64::EPSILON)
+        );
+    }
+    Ok(rows.iter().all(|row| row.errors == 0))
 }
 
 /// `bench --scale-out`: the one scenario, its report, and the clean-up.
@@ -663,6 +725,25 @@ impl Bench {
         Ok(())
     }
 
+    /// The CPU comparison without the searches before it: the bare handler on its own queue, then a
+    /// fresh windowed relay.
+    async fn cost_alone(&mut self, rate: f64) -> Result<Vec<CostRow>, BenchError> {
+        let bare = self.settings("ceil", &[])?;
+        self.declare(&bare).await?;
+        self.ceiling_settings = Some(bare);
+        let windowed = self.settings("win", &[])?;
+        let relay = self.start_relay("relay (windowed)", &windowed).await?;
+        let target = Target {
+            server: &relay,
+            settings: &windowed,
+            relay: true,
+            name: "relay",
+        };
+        let rows = self.cost(&target, rate).await;
+        relay.stop().await;
+        rows
+    }
+
     /// The same rate against the bare handler, a relay that only ingests (`consume_inbox = false`)
     /// and the whole relay: the differences are what verification and the pipeline cost.
     async fn cost(&mut self, relay: &Target<'_>, rate: f64) -> Result<Vec<CostRow>, BenchError> {
@@ -906,7 +987,10 @@ impl Bench {
         } else {
             STEADY_MIN_RATE
         };
-        let rate = round_rate(msr * 0.5).max(floor);
+        self.steady_at(round_rate(msr * 0.5).max(floor)).await
+    }
+
+    async fn steady_at(&mut self, rate: f64) -> Result<(), BenchError> {
         let settings = self.settings("steady", &[])?;
         let warmup = self.plan.warmup(&settings, rate);
         let total = warmup + self.plan.steady_measure;

@@ -99,11 +99,15 @@ pub struct AmqpSettings {
     pub retry_delay_ms: u64,
     pub connect_timeout_ms: u64,
     pub heartbeat_s: u16,
+    pub frame_max: u32,
     pub reconnect_max_delay_ms: u64,
     pub consume_inbox: bool,
     pub shared_inbox: bool,
     pub tls_ca_file: String,
 }
+
+/// AMQP's smallest frame_max, and RabbitMQ's default (the largest a relay asks for).
+pub const FRAME_MAX_RANGE: std::ops::RangeInclusive<u32> = 4096..=131_072;
 
 /// More partitions than this buys nothing on one cluster and costs a queue (and a consumer) each.
 pub const MAX_INBOX_PARTITIONS: u16 = 64;
@@ -606,6 +610,16 @@ impl Settings {
             ));
         }
         positive("amqp.connect_timeout_ms", a.connect_timeout_ms)?;
+        if !FRAME_MAX_RANGE.contains(&a.frame_max) {
+            return Err(ConfigError::invalid(
+                "amqp.frame_max",
+                format!(
+                    "must be {}–{} bytes",
+                    FRAME_MAX_RANGE.start(),
+                    FRAME_MAX_RANGE.end()
+                ),
+            ));
+        }
         positive("amqp.reconnect_max_delay_ms", a.reconnect_max_delay_ms)?;
         if usize::from(a.prefetch) <= self.window.max_ids {
             return Err(ConfigError::invalid(
@@ -1052,6 +1066,19 @@ mod tests {
         env.insert("WEILING_RELAY__AMQP__INBOX_PARTITIONS".into(), "4".into());
         let err = Settings::load(None, &env).unwrap_err();
         assert_eq!(invalid_key(err), "amqp.shared_inbox");
+    }
+
+    #[test]
+    fn frame_max_is_an_amqp_frame_size() {
+        let mut env = app_env();
+        assert_eq!(Settings::load(None, &env).unwrap().amqp.frame_max, 16384);
+        for bad in ["4095", "131073"] {
+            env.insert("WEILING_RELAY__AMQP__FRAME_MAX".into(), bad.into());
+            let err = Settings::load(None, &env).unwrap_err();
+            assert_eq!(invalid_key(err), "amqp.frame_max");
+        }
+        env.insert("WEILING_RELAY__AMQP__FRAME_MAX".into(), "131072".into());
+        assert_eq!(Settings::load(None, &env).unwrap().amqp.frame_max, 131_072);
     }
 
     #[test]

@@ -50,7 +50,7 @@ async fn connect_one(
     address: &str,
     properties: ConnectionProperties,
 ) -> Result<Connection, lapin::Error> {
-    let uri = with_heartbeat(address, amqp.heartbeat_s);
+    let uri = with_query(address, amqp.heartbeat_s, amqp.frame_max);
     if amqp.tls_ca_file.is_empty() {
         return Connection::connect(&uri, properties).await;
     }
@@ -68,13 +68,20 @@ async fn connect_one(
         .await
 }
 
-/// Asks for a short heartbeat unless the URL sets one, so a half-open link is noticed in seconds.
-fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {
-    if url.contains("heartbeat=") {
-        return url.to_owned();
+/// Asks for a short heartbeat, so a half-open link is noticed in seconds, and for the configured
+/// frame_max, which sizes the client's buffers; a value the URL sets itself wins.
+fn with_query(url: &str, heartbeat_s: u16, frame_max: u32) -> String {
+    let mut url = url.to_owned();
+    for (name, value) in [
+        ("heartbeat", heartbeat_s.to_string()),
+        ("frame_max", frame_max.to_string()),
+    ] {
+        if !url.contains(&format!("{name}=")) {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{separator}{name}={value}");
+        }
     }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}heartbeat={heartbeat_s}")
+    url
 }
 
 #[cfg(test)]
@@ -82,18 +89,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heartbeat_is_added_once() {
+    fn heartbeat_and_frame_max_are_added_once() {
         assert_eq!(
-            with_heartbeat("amqp://h/%2f", 10),
-            "amqp://h/%2f?heartbeat=10"
+            with_query("amqp://h/%2f", 10, 16384),
+            "amqp://h/%2f?heartbeat=10&frame_max=16384"
         );
         assert_eq!(
-            with_heartbeat("amqp://h/%2f?frame_max=8192", 10),
+            with_query("amqp://h/%2f?frame_max=8192", 10, 16384),
             "amqp://h/%2f?frame_max=8192&heartbeat=10"
         );
         assert_eq!(
-            with_heartbeat("amqp://h/?heartbeat=5", 10),
-            "amqp://h/?heartbeat=5"
+            with_query("amqp://h/?heartbeat=5", 10, 16384),
+            "amqp://h/?heartbeat=5&frame_max=16384"
         );
     }
 }
