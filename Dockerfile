@@ -16,13 +16,9 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
-# jemalloc (the binary's allocator) is built from source by its -sys crate, with make.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Only what the build reads is in the context (see .dockerignore). aws-lc-sys, ring and jemalloc compile
-# C with the image's gcc; no cmake or OpenSSL is needed.
+# Only what the build reads is in the context (see .dockerignore). aws-lc-sys and ring compile C with the
+# image's gcc; no cmake or OpenSSL is needed.
 COPY . .
 # Cargo.lock is honoured (--locked). The release profile keeps line tables (debug = 1) for backtraces; the
 # debuginfo sections are stripped from the copy that goes into the image, the symbol table is kept.

@@ -10,12 +10,6 @@ use relay::config::Settings;
 use relay::{ops, telemetry};
 use relay_bench as bench;
 use relay_demo as demo;
-
-/// jemalloc hands pages freed after a burst back to the system within seconds; glibc's per-thread
-/// arenas kept them, so the relay's RSS stepped up with each burst and never came down
-/// (`bench/profile.md`, "Memory in the steady run").
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use relay_mirror as mirror;
 use weiling_sim as simulator;
 

@@ -583,8 +583,9 @@ impl Results {
                     "{} → {} ({})",
                     mb(s.after_warmup.map(|p| p.rss_kb)),
                     mb(s.end.map(|p| p.rss_kb)),
-                    s.rss_growth_pct
-                        .map_or("-".into(), |g| format!("{g:+.1} %; target within ±10 %"))
+                    s.rss_growth_pct.map_or("-".into(), |g| format!(
+                        "{g:+.1} %; target ≤ {STEADY_GROWTH_LIMIT_PCT:.0} %"
+                    ))
                 ),
             ));
         }
