@@ -57,12 +57,12 @@ pub struct BenchArgs {
     pub scale_out: bool,
     /// Only the steady run, at this rate (callbacks/s), with a fresh relay: for memory work, where
     /// the searches before it would only delay the answer. Writes steady.json.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", conflicts_with = "scale_out")]
     pub steady_only: Option<f64>,
     /// Only the CPU comparison at this rate (callbacks/s): the bare handler, an ingest-only relay and
     /// the whole relay in turn, each for the full run's step length; prints the CPU per 1,000
     /// callbacks and the relay's ratio to the bare handler (about two minutes).
-    #[arg(long, value_name = "RATE", conflicts_with = "steady_only")]
+    #[arg(long, value_name = "RATE", conflicts_with_all = ["steady_only", "scale_out"])]
     pub cost_only: Option<f64>,
     /// With `--steady-only`: minutes measured after the warm-up (default: the full run's 20).
     #[arg(long, value_name = "MINUTES", requires = "steady_only")]
@@ -205,12 +205,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, BenchError> {
     if let Some(rate) = args.cost_only {
         return cost_only(&mut bench, rate).await;
     }
-    // Interrupted (Ctrl-C, SIGTERM): the running scenario is dropped, which kills its child
-    // servers, and the queues and exchanges are still deleted below.
-    let outcome = tokio::select! {
-        outcome = bench.scenarios() => outcome,
-        () = ceiling::interrupted() => Err(BenchError::Interrupted),
-    };
+    let outcome = until_interrupted(bench.scenarios()).await;
     if let Err(error) = &outcome {
         bench
             .results
@@ -244,15 +239,23 @@ pub async fn run(args: BenchArgs) -> Result<bool, BenchError> {
     Ok(ok)
 }
 
+/// Runs `scenario` unless Ctrl-C or SIGTERM comes first: the scenario is then dropped, which kills
+/// its child servers, and the caller still deletes the queues and exchanges.
+async fn until_interrupted<T>(
+    scenario: impl std::future::Future<Output = Result<T, BenchError>>,
+) -> Result<T, BenchError> {
+    tokio::select! {
+        outcome = scenario => outcome,
+        () = ceiling::interrupted() => Err(BenchError::Interrupted),
+    }
+}
+
 /// `bench --steady-only RATE`: the steady run alone, its figures printed and kept in steady.json.
 async fn steady_only(bench: &mut Bench, args: &BenchArgs, rate: f64) -> Result<bool, BenchError> {
     if let Some(minutes) = args.steady_minutes {
         bench.plan.steady_measure = Duration::from_secs_f64(minutes.max(0.0) * 60.0);
     }
-    let outcome = tokio::select! {
-        outcome = bench.steady_at(rate) => outcome,
-        () = ceiling::interrupted() => Err(BenchError::Interrupted),
-    };
+    let outcome = until_interrupted(bench.steady_at(rate)).await;
     bench.finish().await;
     outcome?;
     let path = args.out.join("steady.json");
@@ -270,19 +273,15 @@ async fn steady_only(bench: &mut Bench, args: &BenchArgs, rate: f64) -> Result<b
 
 /// `bench --cost-only RATE`: where the CPU goes at one rate, printed.
 async fn cost_only(bench: &mut Bench, rate: f64) -> Result<bool, BenchError> {
-    let outcome = tokio::select! {
-        outcome = bench.cost_alone(rate) => outcome,
-        () = ceiling::interrupted() => Err(BenchError::Interrupted),
-    };
+    let outcome = until_interrupted(bench.cost_alone(rate)).await;
     bench.finish().await;
     let rows = outcome?;
-    let per_1000 = |row: &CostRow| row.server_s_per_1000;
     if let (Some(bare), Some(whole)) = (rows.first(), rows.last()) {
         println!(
             "\nrelay CPU per 1,000 callbacks / bare handler's: {:.3} / {:.3} s = {:.2} ×",
-            per_1000(whole),
-            per_1000(bare),
-            per_1000(whole) / per_1000(bare).max(f64::EPSILON)
+            whole.server_s_per_1000,
+            bare.server_s_per_1000,
+            whole.server_s_per_1000 / bare.server_s_per_1000.max(f64::EPSILON)
         );
     }
     Ok(rows.iter().all(|row| row.errors == 0))
@@ -294,10 +293,7 @@ async fn scale_out_only(
     args: &BenchArgs,
     started: Instant,
 ) -> Result<bool, BenchError> {
-    let outcome = tokio::select! {
-        outcome = bench.scale_out() => outcome,
-        () = ceiling::interrupted() => Err(BenchError::Interrupted),
-    };
+    let outcome = until_interrupted(bench.scale_out()).await;
     bench.finish().await;
     let result = outcome?;
     let m = &bench.results.machine;
