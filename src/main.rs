@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -145,8 +146,11 @@ fn run(
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(&settings.server.listen)
         .with_context(|| format!("could not listen on {}", settings.server.listen))?;
+    let trim_every = Duration::from_millis(settings.server.heap_trim_interval_ms);
     let relay = Relay::start(settings, listener)?;
     let shutdown = relay.shutdown_token();
+    // Detached: it ends with the shutdown token, and the process exits right after the drain.
+    let _trimmer = relay::memory::spawn_trimmer(trim_every, shutdown.clone());
     tokio::spawn(async move {
         wait_for_signal().await;
         shutdown.cancel();

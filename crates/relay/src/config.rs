@@ -64,6 +64,7 @@ pub struct ServerSettings {
     pub workers: usize,
     pub drain_deadline_ms: u64,
     pub drain_grace_ms: u64,
+    pub heap_trim_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

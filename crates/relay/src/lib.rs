@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod app;
 pub mod config;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod persist;
