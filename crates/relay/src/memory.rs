@@ -4,8 +4,8 @@
 //! it, and returns only the free space at the very top of each heap. After a stall (a paused node,
 //! a slow broker) the requests that piled up leave megabytes resident that nothing will reuse soon,
 //! and the pod's memory creeps up stall by stall. `malloc_trim` walks every arena and hands the
-//! free pages anywhere in it back (`MADV_DONTNEED`); it costs about a millisecond on this heap, so a
-//! call every few seconds is noise next to the traffic.
+//! free pages anywhere in it back (`MADV_DONTNEED`); a call took 1–8 ms on the relay's heap under an
+//! edge attack (bench/profile.md). Off unless `server.heap_trim_interval_ms` is set.
 
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// Trims the heap every `every` until `stop` is cancelled; does nothing (and returns `None`) where
 /// the allocator is not glibc's or `every` is zero.
 pub fn spawn_trimmer(every: Duration, stop: CancellationToken) -> Option<JoinHandle<()>> {
-    if every.is_zero() || !supported() {
+    if every.is_zero() || !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return None;
     }
     // A plain thread: a trim holds each arena's lock for a moment, which must not stall a runtime
@@ -35,16 +35,6 @@ pub fn spawn_trimmer(every: Duration, stop: CancellationToken) -> Option<JoinHan
             None
         }
     }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn supported() -> bool {
-    true
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn supported() -> bool {
-    false
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
