@@ -95,6 +95,7 @@ fn rss_kb(pid: u32) -> u64 {
 async fn two_thousand_stalled_bodies_cannot_lock_out_real_callbacks() {
     const STALLED: usize = 2_000;
     const VALID_PER_S: u32 = 200;
+    let _flood = crate::support::gate::flood().await;
     let rig = ProcessRig::start_with("stall", SHARED_BROKER, &[]).await;
     let relay = RelayProcess::start(&rig.env);
     relay_harness::scenario::wait_ready(&rig.base).await;

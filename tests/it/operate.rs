@@ -417,6 +417,7 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_forged_callbacks_is_counted_exactly_and_logged_in_summaries() {
     const FORGED: usize = 100_000;
+    let _flood = crate::support::gate::flood().await;
     let rig = ProcessRig::start("flood").await;
     let log = std::env::temp_dir().join(format!("{}.log", unique("relay-flood")));
     // The default level an operator runs with.
@@ -438,28 +439,39 @@ async fn a_flood_of_forged_callbacks_is_counted_exactly_and_logged_in_summaries(
         forged.query.to_query_string()
     );
     let http = reqwest::Client::new();
-    let statuses: Vec<u16> = futures::stream::iter(0..FORGED)
+    // Sent as a sender would: a request the connection failed under is sent again (its answer may
+    // have been lost after the relay counted it), at most a few times.
+    let answers: Vec<(u16, usize)> = futures::stream::iter(0..FORGED)
         .map(|_| {
             let (http, url, body) = (&http, &url, forged.body.clone());
             async move {
-                http.post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_or(0, |r| r.status().as_u16())
+                let mut failed = 0;
+                loop {
+                    let sent = http
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(answer) => return (answer.status().as_u16(), failed),
+                        Err(_) if failed < 5 => failed += 1,
+                        Err(_) => return (0, failed),
+                    }
+                }
             }
         })
         .buffer_unordered(32)
         .collect()
         .await;
+    let resent: usize = answers.iter().map(|(_, failed)| failed).sum();
     let mut answered: std::collections::BTreeMap<u16, usize> = std::collections::BTreeMap::new();
-    for status in &statuses {
+    for (status, _) in &answers {
         *answered.entry(*status).or_default() += 1;
     }
     assert!(
-        statuses.iter().all(|s| *s == 401),
-        "every forged callback refused; answers by status (0 = no HTTP answer): {answered:?}"
+        answers.iter().all(|(s, _)| *s == 401),
+        "every forged callback refused; answers by status (0 = no HTTP answer after 6 tries): {answered:?}"
     );
 
     let text = reqwest::get(format!("{}/metrics", rig.base))
@@ -474,11 +486,17 @@ async fn a_flood_of_forged_callbacks_is_counted_exactly_and_logged_in_summaries(
         &["app=\"-\"", "outcome=\"unauthorized\""],
     )
     .unwrap_or(0.0);
-    assert_eq!(counted as usize, FORGED, "counted exactly");
+    // Exact, save for answers lost on a failed connection after the relay counted them.
+    assert!(
+        (FORGED..=FORGED + resent).contains(&(counted as usize)),
+        "{counted} counted for {FORGED} refusals ({resent} resent)"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = relay.logs();
     let lines = logs.lines().count() - baseline;
-    eprintln!("{FORGED} forged callbacks: {lines} log lines");
+    eprintln!(
+        "{FORGED} forged callbacks: {counted} counted, {resent} resent after a failed connection, {lines} log lines"
+    );
     assert!(lines < 100, "{lines} log lines for {FORGED} refusals");
     assert!(logs.contains("callbacks refused"), "summarised");
     drop(relay);

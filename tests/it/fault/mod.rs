@@ -71,6 +71,9 @@ pub struct RigOptions {
     pub env: Vec<(String, String)>,
     /// A second app (tenant) served by the same relay and simulator; in-process relays only.
     pub second_app: bool,
+    /// The fault floods the relay as fast as it answers: the row runs apart from the judged ones
+    /// ([`crate::support::gate`]).
+    pub flood: bool,
 }
 
 impl RigOptions {
@@ -82,6 +85,7 @@ impl RigOptions {
             process: false,
             env: Vec::new(),
             second_app: false,
+            flood: false,
         }
     }
 
@@ -548,6 +552,11 @@ where
     F: Fn(Arc<FaultRig>, u32) -> Fut,
     Fut: Future<Output = FaultOutcome>,
 {
+    let (_flood, _judged) = if options.flood {
+        (Some(crate::support::gate::flood().await), None)
+    } else {
+        (None, Some(crate::support::gate::judged().await))
+    };
     let mut results = Vec::new();
     for round in 1..=ROUNDS {
         let result = run_round(row, name, &options, &load, &fault, round).await;

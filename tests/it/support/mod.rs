@@ -4,6 +4,7 @@
 //! share (simulator + relay + checking consumer) is the `relay-harness` crate.
 
 pub mod fleet;
+pub mod gate;
 pub mod in_process;
 pub mod private_broker;
 pub mod private_postgres;

@@ -88,11 +88,20 @@ struct Session {
     _depth: tokio_util::sync::DropGuard,
 }
 
+/// Why a consumer session could not be set up; the next attempt follows the reconnect backoff.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Partitions(#[from] partitions::RoundError),
+}
+
 impl Session {
     /// The configured heartbeat matters here, not the broker's 60 s: over a half-open link the
     /// deliveries this session holds stay unacked (and invisible to every other consumer) until one
     /// side notices.
-    async fn open(connection: Connection, pipeline: &Pipeline) -> Result<Session, lapin::Error> {
+    async fn open(connection: Connection, pipeline: &Pipeline) -> Result<Session, SetupError> {
         let channel = connection.create_channel().await?;
         crate::amqp::topology::declare(&channel, &pipeline.amqp).await?;
         // The prefetch exceeds the largest window (validated at start), so a window can always fill.

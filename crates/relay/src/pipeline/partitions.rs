@@ -49,8 +49,13 @@ pub type Deliveries =
 pub enum RoundError {
     #[error("the broker link is gone")]
     LinkLost,
-    #[error("subscribing to a claimed partition failed: {0}")]
+    #[error("joining the relays' roster failed: {0}")]
+    Roster(lapin::Error),
+    #[error("subscribing to a partition failed: {0}")]
     Subscribe(#[from] lapin::Error),
+    /// A subscription the broker never answered would leave the partition claimed and unconsumed.
+    #[error("subscribing to a partition timed out")]
+    SubscribeTimedOut,
 }
 
 #[derive(PartialEq, Eq)]
@@ -86,7 +91,7 @@ impl Partitions {
         amqp: &AmqpSettings,
         tag_prefix: String,
         consumer: &mut futures::stream::SelectAll<Deliveries>,
-    ) -> Result<Partitions, lapin::Error> {
+    ) -> Result<Partitions, RoundError> {
         let queues = amqp.inbox_queues();
         let balanced = !amqp.shared_inbox;
         let mut partitions = Partitions {
@@ -109,7 +114,9 @@ impl Partitions {
             crate::metrics::partitions_held(partitions.queues.len());
             return Ok(partitions);
         }
-        claim::declare(channel, amqp).await?;
+        claim::declare(channel, amqp)
+            .await
+            .map_err(RoundError::Roster)?;
         let tag = format!("{}-roster", partitions.tag_prefix);
         let roster = channel
             .basic_consume(
@@ -121,7 +128,8 @@ impl Partitions {
                 },
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .map_err(RoundError::Roster)?;
         partitions.roster_tag = Some(tag);
         partitions._roster = Some(roster);
         Ok(partitions)
@@ -150,19 +158,20 @@ impl Partitions {
         channel: &Channel,
         index: usize,
         consumer: &mut futures::stream::SelectAll<Deliveries>,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), RoundError> {
         let Some(queue) = self.queues.get(index) else {
             return Ok(());
         };
         let consumer_tag = format!("{}-{queue}", self.tag_prefix);
-        let deliveries = channel
-            .basic_consume(
-                queue.as_str().into(),
-                consumer_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let subscribing = channel.basic_consume(
+            queue.as_str().into(),
+            consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let deliveries = tokio::time::timeout(OP_TIMEOUT, subscribing)
+            .await
+            .map_err(|_| RoundError::SubscribeTimedOut)??;
         // The end is an item of its own, so a consumer the broker cancels (its queue deleted, say)
         // ends the session and the reconnect re-declares the topology.
         let stream: Deliveries = Box::pin(
@@ -356,7 +365,7 @@ impl Partitions {
         channel: &Channel,
         consumer: &mut futures::stream::SelectAll<Deliveries>,
         up_to: usize,
-    ) -> Result<usize, lapin::Error> {
+    ) -> Result<usize, RoundError> {
         let now = Instant::now();
         let mut candidates: Vec<usize> = (0..self.state.len())
             .filter(|i| self.state.get(*i) == Some(&State::Free))
