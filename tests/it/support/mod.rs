@@ -10,3 +10,4 @@ pub mod private_broker;
 pub mod private_postgres;
 pub mod process;
 pub mod proxy;
+pub mod resend;
