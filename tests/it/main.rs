@@ -24,6 +24,7 @@ mod tenants;
 // The broker: faults outside the matrix, TLS.
 mod broker_faults;
 mod cluster;
+mod inbox_version;
 mod tls;
 
 // The fault matrix of reliability.md (b), row by row.

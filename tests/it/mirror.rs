@@ -82,7 +82,7 @@ impl Rig {
             .await
             .unwrap();
         // The queue exists before anything is published, so no record is missed before the mirror starts.
-        relay::amqp::topology::declare(&channel, &settings.amqp)
+        relay::amqp::topology::declare(&connection, &settings.amqp)
             .await
             .unwrap();
         relay_mirror::consumer::declare_queue(&channel, &settings.amqp, &queue)

@@ -103,7 +103,7 @@ async fn one_tenant_rate_limited(
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    relay::amqp::topology::declare(&channel, &settings.amqp)
+    relay::amqp::topology::declare(&connection, &settings.amqp)
         .await
         .unwrap();
     let check = format!("{prefix}.check");

@@ -67,9 +67,23 @@ pub struct BenchArgs {
     /// With `--steady-only`: minutes measured after the warm-up (default: the full run's 20).
     #[arg(long, value_name = "MINUTES", requires = "steady_only")]
     pub steady_minutes: Option<f64>,
+    /// A setting for every server under test (each relay and the bare handler, which reads the same
+    /// settings), as the environment variable that sets it, e.g. `--server-env
+    /// WEILING_RELAY__SERVER__HEAP_TRIM_INTERVAL_MS=10000`. Repeatable. For experiments against the
+    /// defaults: a scenario's own settings (an ingest-only relay, the no-window relay) still win, and
+    /// results.md lists what was set.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_setting)]
+    pub server_env: Vec<(String, String)>,
     /// Internal: serve the bare ceiling handler on this address (the bench starts it as a child).
     #[arg(long, hide = true)]
     pub ceiling_server: Option<String>,
+}
+
+fn parse_setting(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {pair:?}")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -364,6 +378,8 @@ struct Bench {
     envs: HashMap<String, HashMap<String, String>>,
     /// The settings of the ceiling's queue, for the bare handler's second run.
     ceiling_settings: Option<Settings>,
+    /// `--server-env`: applied to every server under test before a scenario's own settings.
+    server_env: Vec<(String, String)>,
     broker_pid: Option<u32>,
     ticks: f64,
     results: Results,
@@ -377,6 +393,9 @@ impl Bench {
             "weiling-relay bench ({}): reading the machine and the broker …",
             if plan.quick { "quick" } else { "full" }
         );
+        for (key, value) in &args.server_env {
+            println!("      every server under test with {key}={value}");
+        }
         let machine = Machine::read().await;
         let broker_pid = procfs::broker_pid().await;
         let ticks = procfs::ticks_per_second();
@@ -425,10 +444,9 @@ impl Bench {
         .await?;
         let records = within("consume", Records::start(&channel, &records_queue)).await?;
 
-        let defaults = Settings::load(
-            None,
-            &scenario::relay_env("bench-defaults", &amqp_url, &sim_url, &app),
-        )?;
+        let mut defaults_env = scenario::relay_env("bench-defaults", &amqp_url, &sim_url, &app);
+        defaults_env.extend(args.server_env.iter().cloned());
+        let defaults = Settings::load(None, &defaults_env)?;
         let command = format!(
             "weiling-relay bench --out {}{}",
             args.out.display(),
@@ -452,6 +470,11 @@ impl Bench {
                 quiet_ms: defaults.window.quiet_ms,
                 max_wait_ms: defaults.window.max_wait_ms,
                 inbox_queue_type: defaults.amqp.inbox_queue_type.as_str().to_owned(),
+                server_env: args
+                    .server_env
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect(),
                 relay_rate_limit_per_minute: RELAY_RATE_LIMIT_PER_MINUTE,
                 simulator_rate_limit_per_minute: SIM_RATE_LIMIT_PER_MINUTE,
                 step_s: plan.step.as_secs_f64(),
@@ -485,6 +508,7 @@ impl Bench {
             declared: Vec::new(),
             envs: HashMap::new(),
             ceiling_settings: None,
+            server_env: args.server_env.clone(),
             broker_pid,
             ticks,
             results,
@@ -523,6 +547,7 @@ impl Bench {
             "WEILING_RELAY__WEILING__RATE_LIMIT_PER_MINUTE".into(),
             RELAY_RATE_LIMIT_PER_MINUTE.to_string(),
         );
+        env.extend(self.server_env.iter().cloned());
         for (key, value) in extra {
             env.insert((*key).to_owned(), (*value).to_owned());
         }
@@ -561,7 +586,7 @@ impl Bench {
     async fn declare(&self, settings: &Settings) -> Result<(), BenchError> {
         within(
             "declare the topology",
-            relay::amqp::topology::declare(&self.channel, &settings.amqp),
+            relay::amqp::topology::declare(&self.connection, &settings.amqp),
         )
         .await?;
         Ok(())

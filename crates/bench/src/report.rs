@@ -225,6 +225,8 @@ pub struct Setup {
     pub quiet_ms: u64,
     pub max_wait_ms: u64,
     pub inbox_queue_type: String,
+    /// `--server-env` settings, `KEY=VALUE`; empty for a run of the defaults.
+    pub server_env: Vec<String>,
     pub relay_rate_limit_per_minute: u32,
     pub simulator_rate_limit_per_minute: u32,
     pub step_s: f64,
@@ -651,8 +653,17 @@ impl Results {
                 (
                     "relay settings",
                     format!(
-                        "defaults (answer_budget_ms {}, window max_ids {} / quiet_ms {} / max_wait_ms {}, {} inbox), except the rate limits below",
-                        s.answer_budget_ms, s.max_ids, s.quiet_ms, s.max_wait_ms, s.inbox_queue_type
+                        "defaults (answer_budget_ms {}, window max_ids {} / quiet_ms {} / max_wait_ms {}, {} inbox), except the rate limits below{}",
+                        s.answer_budget_ms,
+                        s.max_ids,
+                        s.quiet_ms,
+                        s.max_wait_ms,
+                        s.inbox_queue_type,
+                        if s.server_env.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" and, for every server under test, `{}`", s.server_env.join("`, `"))
+                        }
                     ),
                 ),
                 (

@@ -182,7 +182,7 @@ impl Scenario {
         // The checking consumer subscribes before the first callback, like any downstream consumer.
         let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        relay::amqp::topology::declare(&channel, &settings.amqp).await?;
+        relay::amqp::topology::declare(&connection, &settings.amqp).await?;
         let check_queue = format!("{prefix}.check");
         channel
             .queue_declare(

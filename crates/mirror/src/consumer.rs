@@ -85,7 +85,7 @@ impl Session {
         connection_name: &str,
     ) -> Result<Session, lapin::Error> {
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, amqp).await?;
+        topology::declare(&connection, amqp).await?;
         declare_queue(&channel, amqp, queue).await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())

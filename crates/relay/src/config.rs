@@ -90,6 +90,7 @@ pub struct AmqpSettings {
     pub url: SecretString,
     pub inbox_queue: String,
     pub inbox_queue_type: QueueType,
+    pub inbox_queue_version: u8,
     pub inbox_partitions: u16,
     pub dead_letter_queue: String,
     pub customers_exchange: String,
@@ -109,6 +110,9 @@ pub struct AmqpSettings {
 
 /// AMQP's smallest frame_max, and RabbitMQ's default (the largest a relay asks for).
 pub const FRAME_MAX_RANGE: std::ops::RangeInclusive<u32> = 4096..=131_072;
+
+/// RabbitMQ's classic queue storage versions (3.10 brought 2; 4.0 keeps only 2).
+pub const CLASSIC_QUEUE_VERSIONS: std::ops::RangeInclusive<u8> = 1..=2;
 
 /// More partitions than this buys nothing on one cluster and costs a queue (and a consumer) each.
 pub const MAX_INBOX_PARTITIONS: u16 = 64;
@@ -598,6 +602,12 @@ impl Settings {
                 ));
             }
         }
+        if !CLASSIC_QUEUE_VERSIONS.contains(&a.inbox_queue_version) {
+            return Err(ConfigError::invalid(
+                "amqp.inbox_queue_version",
+                "must be 1 or 2 (RabbitMQ's classic queue storage versions)",
+            ));
+        }
         if !(1..=MAX_INBOX_PARTITIONS).contains(&a.inbox_partitions) {
             return Err(ConfigError::invalid(
                 "amqp.inbox_partitions",
@@ -1067,6 +1077,31 @@ mod tests {
         env.insert("WEILING_RELAY__AMQP__INBOX_PARTITIONS".into(), "4".into());
         let err = Settings::load(None, &env).unwrap_err();
         assert_eq!(invalid_key(err), "amqp.shared_inbox");
+    }
+
+    #[test]
+    fn the_inbox_is_a_version_2_classic_queue_unless_configured() {
+        let mut env = app_env();
+        assert_eq!(
+            Settings::load(None, &env).unwrap().amqp.inbox_queue_version,
+            2
+        );
+        for bad in ["0", "3"] {
+            env.insert(
+                "WEILING_RELAY__AMQP__INBOX_QUEUE_VERSION".into(),
+                bad.into(),
+            );
+            let err = Settings::load(None, &env).unwrap_err();
+            assert_eq!(invalid_key(err), "amqp.inbox_queue_version");
+        }
+        env.insert(
+            "WEILING_RELAY__AMQP__INBOX_QUEUE_VERSION".into(),
+            "1".into(),
+        );
+        assert_eq!(
+            Settings::load(None, &env).unwrap().amqp.inbox_queue_version,
+            1
+        );
     }
 
     #[test]

@@ -843,7 +843,7 @@ impl Plan {
 async fn declare_check_queue(url: &str, settings: &Settings, queue: &str) {
     let connection = connect_retrying(url).await;
     let channel = connection.create_channel().await.unwrap();
-    relay::amqp::topology::declare(&channel, &settings.amqp)
+    relay::amqp::topology::declare(&connection, &settings.amqp)
         .await
         .unwrap();
     relay_mirror::consumer::declare_queue(&channel, &settings.amqp, queue)

@@ -199,7 +199,7 @@ impl ProcessRig {
         let settings = relay::config::Settings::load(None, &env).unwrap();
         let connection = connect_any(amqp_url).await;
         let channel = connection.create_channel().await.unwrap();
-        relay::amqp::topology::declare(&channel, &settings.amqp)
+        relay::amqp::topology::declare(&connection, &settings.amqp)
             .await
             .unwrap();
         let check = format!("{prefix}.check");

@@ -253,7 +253,7 @@ impl Link {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
-            topology::declare(&channel, settings).await?;
+            topology::declare(&connection, settings).await?;
             Ok::<_, lapin::Error>(channel)
         };
         let timeout = Duration::from_millis(settings.connect_timeout_ms);
@@ -319,7 +319,7 @@ impl Link {
                     let outcome = settle(batch, &mut returned, blocked);
                     if outcome.saw_return {
                         warn!("a publish came back unroutable; re-declaring the topology");
-                        match tokio::time::timeout(PUBLISH_TIMEOUT, topology::declare(&self.channel, settings)).await {
+                        match tokio::time::timeout(PUBLISH_TIMEOUT, topology::declare(&self.connection, settings)).await {
                             Ok(Ok(())) => {}
                             Ok(Err(error)) => return LinkEnd::Broken(format!("topology re-declare failed: {error}")),
                             Err(_) => return LinkEnd::Broken("topology re-declare timed out".into()),

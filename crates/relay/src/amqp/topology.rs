@@ -5,18 +5,93 @@ use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+use tracing::warn;
 
-use crate::config::{AmqpSettings, QueueType};
+use crate::config::{AmqpSettings, CLASSIC_QUEUE_VERSIONS, QueueType};
 
 /// Binding of the inbox to the events exchange: every event of every app.
 pub const INBOX_BINDING: &str = "event.#";
 /// The exchange type of RabbitMQ's bundled rabbitmq_consistent_hash_exchange plugin.
 pub const CONSISTENT_HASH: &str = "x-consistent-hash";
 
+/// RabbitMQ's reply code when a declare's arguments differ from the existing queue's.
+const PRECONDITION_FAILED: u16 = 406;
+
 /// Declares exchanges, queues and bindings. Re-running it against an existing, identical topology is a
 /// no-op, which is why it runs after every reconnect and after a publish was returned as unroutable.
-pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin::Error> {
+///
+/// It works on a channel of its own, closed afterwards: a declare the broker refuses closes the
+/// channel it was sent on, and the caller's channel (a publisher's confirm channel, the consumer's)
+/// must survive the one refusal that is expected, below.
+///
+/// A classic inbox is asked for `amqp.inbox_queue_version`, which RabbitMQ treats as part of the
+/// queue's identity: an inbox created before (without the argument, as every relay declared it
+/// until the setting existed) or by a relay set to the other version refuses the declare with 406.
+/// That inbox is then declared as it is: its messages and consumers stay, and a `queue-version`
+/// policy is the broker's own way to convert it in place.
+pub async fn declare(connection: &Connection, amqp: &AmqpSettings) -> Result<(), lapin::Error> {
+    let Some(configured) = inbox_version(amqp) else {
+        return declare_on_own_channel(connection, amqp, None).await;
+    };
+    let mut refused = match declare_on_own_channel(connection, amqp, Some(configured)).await {
+        Err(error) if is_other_queue_version(&error) => error,
+        declared => return declared,
+    };
+    let existing = std::iter::once(None).chain(
+        CLASSIC_QUEUE_VERSIONS
+            .filter(|version| *version != configured)
+            .map(Some),
+    );
+    for version in existing {
+        match declare_on_own_channel(connection, amqp, version).await {
+            Err(error) if is_other_queue_version(&error) => refused = error,
+            Ok(()) => {
+                warn!(
+                    inbox = %amqp.inbox_queue,
+                    configured,
+                    kept = version.map_or_else(|| "declared without one".to_owned(), |v| v.to_string()),
+                    "the inbox exists with another classic queue version and keeps it; a RabbitMQ \
+                     policy with queue-version converts it in place (README, \"Inbox queue version\")"
+                );
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(refused)
+}
+
+/// The version a classic inbox is declared with; quorum queues have no such argument.
+fn inbox_version(amqp: &AmqpSettings) -> Option<u8> {
+    (amqp.inbox_queue_type == QueueType::Classic).then_some(amqp.inbox_queue_version)
+}
+
+fn is_other_queue_version(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.get_id() == PRECONDITION_FAILED
+                && amqp.get_message().as_str().contains("x-queue-version")
+    )
+}
+
+async fn declare_on_own_channel(
+    connection: &Connection,
+    amqp: &AmqpSettings,
+    inbox_version: Option<u8>,
+) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    declare_on(&channel, amqp, inbox_version).await?;
+    // Callers bound the whole declare with their own timeout, so this await is bounded too.
+    channel.close(200, "topology declared".into()).await
+}
+
+async fn declare_on(
+    channel: &Channel,
+    amqp: &AmqpSettings,
+    inbox_version: Option<u8>,
+) -> Result<(), lapin::Error> {
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -43,7 +118,7 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin
         )
         .await?;
 
-    declare_inbox(channel, amqp).await?;
+    declare_inbox(channel, amqp, inbox_version).await?;
 
     // The unrouted exchange and its queue share a name so operators find one from the other.
     channel
@@ -91,7 +166,11 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin
 /// events exchange over P single-active-consumer queues. Every inbox queue dead-letters into the
 /// dead-letter queue, so messages the broker itself gives up on (rejected, or past a quorum delivery
 /// limit) end there and never vanish.
-async fn declare_inbox(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lapin::Error> {
+async fn declare_inbox(
+    channel: &Channel,
+    amqp: &AmqpSettings,
+    version: Option<u8>,
+) -> Result<(), lapin::Error> {
     let durable_queue = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
@@ -106,6 +185,12 @@ async fn declare_inbox(channel: &Channel, amqp: &AmqpSettings) -> Result<(), lap
         "x-dead-letter-routing-key".into(),
         long_string(&amqp.dead_letter_queue),
     );
+    if let Some(version) = version {
+        inbox_args.insert(
+            "x-queue-version".into(),
+            AMQPValue::LongLongInt(i64::from(version)),
+        );
+    }
     declare_retry(channel, amqp).await?;
     let Some(hash_exchange) = amqp.inbox_hash_exchange() else {
         channel

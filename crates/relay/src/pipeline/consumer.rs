@@ -103,7 +103,7 @@ impl Session {
     /// side notices.
     async fn open(connection: Connection, pipeline: &Pipeline) -> Result<Session, SetupError> {
         let channel = connection.create_channel().await?;
-        crate::amqp::topology::declare(&channel, &pipeline.amqp).await?;
+        crate::amqp::topology::declare(&connection, &pipeline.amqp).await?;
         // The prefetch exceeds the largest window (validated at start), so a window can always fill.
         channel
             .basic_qos(pipeline.amqp.prefetch, BasicQosOptions::default())
