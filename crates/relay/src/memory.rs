@@ -5,7 +5,7 @@
 //! a slow broker) the requests that piled up leave megabytes resident that nothing will reuse soon,
 //! and the pod's memory creeps up stall by stall. `malloc_trim` walks every arena and hands the
 //! free pages anywhere in it back (`MADV_DONTNEED`); a call took 1–8 ms on the relay's heap under an
-//! edge attack (bench/profile.md). Off unless `server.heap_trim_interval_ms` is set.
+//! edge attack (bench/profile.md). Every `server.heap_trim_interval_ms` (10 s by default; 0 = never).
 
 use std::thread::JoinHandle;
 use std::time::Duration;
