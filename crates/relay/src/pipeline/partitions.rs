@@ -56,6 +56,8 @@ pub enum RoundError {
     /// A subscription the broker never answered would leave the partition claimed and unconsumed.
     #[error("subscribing to a partition timed out")]
     SubscribeTimedOut,
+    #[error("{0} shows no consumer although this relay holds it")]
+    ConsumerGone(String),
 }
 
 #[derive(PartialEq, Eq)]
@@ -225,6 +227,27 @@ impl Partitions {
         warn!(error = %failure, queue = %self.queue(index), "cancelling a partition's consumer failed");
     }
 
+    /// Every partition this relay holds must show its consumer on the broker. The broker cancels
+    /// the consumer of a deleted queue; were that cancel never to reach the session, the partition
+    /// would stay claimed and unconsumed for the relay's lifetime while the re-declared queue filled
+    /// up. No consumer ends the session, and the reconnect subscribes afresh. A failed read only
+    /// skips the check: the queue may be missing until the publisher re-declares it.
+    async fn check_held(&mut self, connection: &Connection) -> Result<(), RoundError> {
+        let held: Vec<String> = self
+            .state
+            .iter()
+            .zip(&self.queues)
+            .filter(|(state, _)| matches!(state, State::Held { .. }))
+            .map(|(_, queue)| queue.clone())
+            .collect();
+        for queue in held {
+            if let Ok(0) = self.claims.consumers(connection, &queue).await {
+                return Err(RoundError::ConsumerGone(queue));
+            }
+        }
+        Ok(())
+    }
+
     fn held(&self) -> usize {
         self.state
             .iter()
@@ -253,6 +276,7 @@ impl Partitions {
         if !self.balanced {
             return Ok(false);
         }
+        self.check_held(connection).await?;
         self.finish_releases(connection, open, true).await;
         let relays = match self
             .claims
